@@ -1,0 +1,521 @@
+"""Stage 2: read a Neural Network Console dataset CSV into batches for the model's data variables.
+
+Every row is checked at load time, before any training starts: numbers must parse, class labels
+must be integers in range, and every image is decoded once into a compact ``uint8`` cache of the
+model's input shape. ``Dataset.batch`` then turns only the requested rows into ``float32``.
+
+Column headers follow NNC: ``NAME[__INDEX][:TYPE]`` (``x:image``, ``y:label``, ``x__3:pixel``);
+columns whose header starts with ``#`` are comments and are ignored.
+"""
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from .errors import InfluenceError
+from .model import DataVariable
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+PROGRESS_BAR_MIN_IMAGES = 500
+
+# Pillow modes by what they hold; anything else (32-bit integer, float, LAB) is refused.
+_GRAY_MODES = {"1", "L", "LA"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"}
+
+# Names a cell for error messages: where(row, column) -> "role: file row r (...), column 'c'".
+Locator = Callable[[int, str], str]
+
+
+@dataclass
+class Dataset:
+    """One NNC dataset CSV, validated and ready to be served in batches."""
+
+    path: Path  # the CSV
+    table: pd.DataFrame = field(repr=False)  # the CSV as read, every cell a string
+    columns: Dict[str, List[str]]  # variable_name -> CSV column names used for it, in order
+    image_variable: Optional[str]  # variable_name fed from an image column, if any
+    # variable_name -> per-row values: uint8 (N, *shape) for images, float32 otherwise.
+    _arrays: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _images: Dict[str, List[Path]] = field(default_factory=dict, repr=False)
+    _normalize_images: bool = True
+    _label_variable: Optional[str] = None
+    _class_labels: bool = False
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def batch(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
+        """Arrays for the data rows ``rows`` (0-based, in that order), by variable name.
+
+        Each array is float32 of shape ``(len(rows), *DataVariable.shape)``; images are divided
+        by 255 when the dataset was loaded with ``normalize_images``.
+        """
+        index = self._row_index(rows)
+        result = {}
+        for name, values in self._arrays.items():
+            chosen = values[index].astype(np.float32)
+            if name in self._images and self._normalize_images:
+                chosen /= np.float32(255)
+            result[name] = chosen
+        return result
+
+    def image_paths(self) -> Optional[List[Path]]:
+        """Absolute paths of the image column's files, one per row; ``None`` for tabular data."""
+        if self.image_variable is None:
+            return None
+        return list(self._images[self.image_variable])
+
+    def labels(self) -> Optional[np.ndarray]:
+        """The label variable's value per row, for reports; ``None`` if no input is a label.
+
+        Class labels come as int64, other targets as float32; shape ``(N,)`` when the variable
+        holds one value per row, else ``(N, *shape)``.
+        """
+        if self._label_variable is None:
+            return None
+        values = self._arrays[self._label_variable]
+        if values[0].size == 1:
+            values = values.reshape(len(values))
+        return values.astype(np.int64) if self._class_labels else values.copy()
+
+    def _row_index(self, rows: np.ndarray) -> np.ndarray:
+        index = np.asarray(rows)
+        if index.ndim != 1:
+            raise ValueError(f"rows must be a 1-D array of row indices, got shape {index.shape}")
+        if index.size == 0:
+            return index.astype(np.intp)
+        if not np.issubdtype(index.dtype, np.integer):
+            raise TypeError(f"rows must hold integers, got {index.dtype}")
+        if index.min() < 0 or index.max() >= len(self):
+            raise IndexError(f"row index out of range [0, {len(self)}) in {self.path}")
+        return index.astype(np.intp, copy=False)
+
+
+def load_dataset(
+    csv_path: "str | Path",
+    data_variables: Sequence[DataVariable],
+    normalize_images: bool = True,
+    role: str = "input-train",
+) -> Dataset:
+    """Read and validate the NNC dataset ``csv_path`` for ``data_variables``.
+
+    ``role`` is the plugin property that named the file; every error message starts with it.
+    Raises :class:`InfluenceError` on the first problem found, naming the file, row and column.
+    """
+    path = Path(csv_path)
+    table = _read_table(path, role)
+    headers = _parse_headers(table.columns)
+
+    def where(row: int, column: str) -> str:
+        return f"{role}: {path} row {row} (0-based data row), column '{column}'"
+
+    columns = {v.variable_name: _columns_for(v, headers, path, role) for v in data_variables}
+    image_columns = {
+        v.variable_name: columns[v.variable_name][0]
+        for v in data_variables
+        if _is_image_column(table, columns[v.variable_name], headers)
+    }
+
+    arrays: Dict[str, np.ndarray] = {}
+    for variable in data_variables:  # cheap checks first: a bad label fails before decoding
+        if variable.variable_name not in image_columns:
+            names = columns[variable.variable_name]
+            arrays[variable.variable_name] = _numeric_values(
+                table, names, variable, where, f"{role}: {path}"
+            )
+
+    images: Dict[str, List[Path]] = {}
+    for variable in data_variables:
+        column = image_columns.get(variable.variable_name)
+        if column is not None:
+            image_shape = _image_shape(variable, column, path, role)
+            images[variable.variable_name] = _image_paths(table[column], path, column, where)
+            arrays[variable.variable_name] = _decode_images(
+                images[variable.variable_name], image_shape, variable, column, where, role
+            )
+
+    labels = [v for v in data_variables if v.is_label and v.variable_name not in image_columns]
+    return Dataset(
+        path=path,
+        table=table,
+        columns=columns,
+        image_variable=next(iter(image_columns), None),
+        _arrays={v.variable_name: arrays[v.variable_name] for v in data_variables},
+        _images=images,
+        _normalize_images=normalize_images,
+        _label_variable=labels[0].variable_name if labels else None,
+        _class_labels=bool(labels) and labels[0].n_classes is not None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The table and its headers
+
+
+@dataclass(frozen=True)
+class _Header:
+    column: str  # the header exactly as in the table
+    data_name: str  # NAME
+    index: Optional[str]  # INDEX of NAME__INDEX, if any
+    kind: Optional[str]  # TYPE after ':', if any
+
+
+def _read_table(path: Path, role: str) -> pd.DataFrame:
+    """The CSV with every cell as a string; an :class:`InfluenceError` if it is not usable."""
+    if not path.exists():
+        raise InfluenceError(f"{role}: file not found: {path}")
+    if not path.is_file():
+        raise InfluenceError(f"{role}: {path} is not a file")
+    try:
+        with warnings.catch_warnings():
+            # pandas only warns when the first data row has more fields than the header.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(
+                path, dtype=str, keep_default_na=False, index_col=False, encoding="utf-8-sig"
+            )
+    except pd.errors.EmptyDataError:
+        raise InfluenceError(
+            f"{role}: {path} is empty: expected a header line and at least one data row"
+        ) from None
+    except pd.errors.ParserWarning:
+        raise InfluenceError(
+            f"{role}: {path} cannot be read as CSV: a data row has more fields than the header"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
+        reason = " ".join(str(error).split())
+        raise InfluenceError(f"{role}: {path} cannot be read as CSV ({reason})") from None
+    if len(table) == 0:
+        raise InfluenceError(f"{role}: {path} has a header but no data rows")
+    return table
+
+
+def _parse_headers(columns: Sequence[str]) -> List[_Header]:
+    """Split each ``NAME[__INDEX][:TYPE]`` header; comment columns (``#...``) are left out."""
+    headers = []
+    for column in columns:
+        text = str(column).strip()
+        if text.startswith("#"):
+            continue
+        name, _, kind = text.partition(":")
+        data_name, separator, index = name.partition("__")
+        headers.append(
+            _Header(column, data_name, index if separator else None, kind if ":" in text else None)
+        )
+    return headers
+
+
+def _columns_for(
+    variable: DataVariable, headers: List[_Header], path: Path, role: str
+) -> List[str]:
+    """The columns feeding ``variable``: one plain column, or ``NAME__i`` columns by index."""
+    mine = [h for h in headers if h.data_name == variable.data_name]
+    plain = [h for h in mine if h.index is None]
+    indexed = [h for h in mine if h.index is not None]
+    subject = f"{role}: {path}: data '{variable.data_name}' (variable '{variable.variable_name}')"
+    if not mine:
+        present = ", ".join(f"'{h.column}'" for h in headers) or "none"
+        raise InfluenceError(
+            f"{subject} has no column: expected '{variable.data_name}' or "
+            f"'{variable.data_name}__0', '{variable.data_name}__1', ... (optionally with a "
+            f"':type' suffix); columns present: {present}"
+        )
+    if len(plain) > 1 or (plain and indexed):
+        found = ", ".join(f"'{h.column}'" for h in mine)
+        raise InfluenceError(f"{subject} has several columns that could feed it: {found}")
+    if plain:
+        return [plain[0].column]
+    return _ordered_feature_columns(indexed, variable, subject)
+
+
+def _ordered_feature_columns(
+    indexed: List[_Header], variable: DataVariable, subject: str
+) -> List[str]:
+    numbered = []
+    for header in indexed:
+        if not header.index.isdigit():
+            raise InfluenceError(
+                f"{subject}: column '{header.column}' has index '{header.index}', "
+                "expected a non-negative integer after '__'"
+            )
+        numbered.append((int(header.index), header.column))
+    numbered.sort()
+    expected = _size(variable.shape)
+    if len(numbered) != expected:
+        raise InfluenceError(
+            f"{subject} needs {expected} values per row (shape {variable.shape}) but the CSV "
+            f"has {len(numbered)} columns '{variable.data_name}__<i>'"
+        )
+    indices = [index for index, _ in numbered]
+    if indices != list(range(expected)):
+        missing = sorted(set(range(expected)) - set(indices))
+        problem = f"index {missing[0]} is missing" if missing else "an index is repeated"
+        raise InfluenceError(
+            f"{subject}: columns '{variable.data_name}__<i>' must be numbered 0..{expected - 1}, "
+            f"but {problem}"
+        )
+    return [column for _, column in numbered]
+
+
+def _is_image_column(table: pd.DataFrame, names: List[str], headers: List[_Header]) -> bool:
+    """A single column typed ``:image``, or holding file names with an image extension."""
+    if len(names) != 1:
+        return False
+    header = next(h for h in headers if h.column == names[0])
+    if header.kind is not None and header.kind.strip().lower() == "image":
+        return True
+    return any(str(value).strip().lower().endswith(IMAGE_EXTENSIONS) for value in table[names[0]])
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(math.prod(shape))
+
+
+# --------------------------------------------------------------------------------------
+# Numbers and labels
+
+
+def _numeric_values(
+    table: pd.DataFrame, names: List[str], variable: DataVariable, where: Locator, source: str
+) -> np.ndarray:
+    """float32 values of shape ``(N, *variable.shape)``, with label ranges checked."""
+    if _size(variable.shape) != len(names):
+        raise InfluenceError(
+            f"{source}: data '{variable.data_name}' (variable '{variable.variable_name}') needs "
+            f"{_size(variable.shape)} values per row (shape {variable.shape}) but column "
+            f"'{names[0]}' holds one number per row; image columns need a ':image' header "
+            f"or file names ending in {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    values = np.empty((len(table), len(names)), dtype=np.float64)
+    for position, name in enumerate(names):
+        values[:, position] = _parse_column(table[name], name, where)
+    if variable.n_classes is not None:
+        _check_class_labels(values, table, names, variable, where)
+    elif variable.binary_target:
+        _check_binary_targets(values, table, names, variable, where)
+    return values.astype(np.float32).reshape((len(table),) + tuple(variable.shape))
+
+
+def _parse_column(column: pd.Series, name: str, where: Locator) -> np.ndarray:
+    """The column as finite float64 numbers, or an error naming the first bad cell."""
+    cells = column.tolist()
+    try:
+        values = np.array(cells, dtype=np.float64)
+    except (ValueError, TypeError):
+        values = None
+    if values is not None:
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(values.astype(np.float32))
+        if finite.all():
+            return values
+        row = int(np.flatnonzero(~finite)[0])
+        raise InfluenceError(f"{where(row, name)}: '{cells[row]}' is not a finite number")
+    for row, cell in enumerate(cells):
+        if not str(cell).strip():
+            raise InfluenceError(f"{where(row, name)}: the cell is empty, a number is expected")
+        try:
+            float(cell)
+        except (ValueError, TypeError):
+            raise InfluenceError(f"{where(row, name)}: '{cell}' is not a number") from None
+    raise AssertionError("unreachable: a cell failed to parse as a whole but not alone")
+
+
+def _first_bad_cell(
+    bad: np.ndarray, table: pd.DataFrame, names: List[str], where: Locator
+) -> Tuple[str, str]:
+    row, position = (int(i) for i in np.argwhere(bad)[0])
+    return where(row, names[position]), table[names[position]].iloc[row]
+
+
+def _check_class_labels(
+    values: np.ndarray,
+    table: pd.DataFrame,
+    names: List[str],
+    variable: DataVariable,
+    where: Locator,
+) -> None:
+    n_classes = variable.n_classes
+    bad = (values != np.round(values)) | (values < 0) | (values >= n_classes)
+    if bad.any():
+        location, cell = _first_bad_cell(bad, table, names, where)
+        raise InfluenceError(
+            f"{location}: '{cell}' is not a class index; variable '{variable.variable_name}' "
+            f"has {n_classes} classes, so an integer in [0, {n_classes}) is expected"
+        )
+
+
+def _check_binary_targets(
+    values: np.ndarray,
+    table: pd.DataFrame,
+    names: List[str],
+    variable: DataVariable,
+    where: Locator,
+) -> None:
+    bad = (values < 0) | (values > 1)
+    if bad.any():
+        location, cell = _first_bad_cell(bad, table, names, where)
+        raise InfluenceError(
+            f"{location}: '{cell}' is outside [0, 1]; variable '{variable.variable_name}' "
+            "is a binary target"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class _ImageShape:
+    channels: int
+    height: int
+    width: int
+    channel_axis: bool  # the variable's shape is (C, H, W) rather than (H, W)
+
+
+def _image_shape(variable: DataVariable, column: str, path: Path, role: str) -> _ImageShape:
+    shape = tuple(variable.shape)
+    if len(shape) == 3 and min(shape) > 0:
+        return _ImageShape(shape[0], shape[1], shape[2], channel_axis=True)
+    if len(shape) == 2 and min(shape) > 0:
+        return _ImageShape(1, shape[0], shape[1], channel_axis=False)
+    raise InfluenceError(
+        f"{role}: {path}: column '{column}' holds images, but variable "
+        f"'{variable.variable_name}' has shape {shape}; an image input needs (C, H, W) or (H, W)"
+    )
+
+
+def _image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) -> List[Path]:
+    """Absolute path of each row's image; every file must exist."""
+    folder = Path(os.path.abspath(csv_path.parent))
+    paths = []
+    for row, cell in enumerate(column.tolist()):
+        text = str(cell)
+        if not text.strip():
+            raise InfluenceError(
+                f"{where(row, name)}: the cell is empty, an image path is expected"
+            )
+        resolved = _resolve(text, folder)
+        if not resolved.is_file():
+            raise InfluenceError(
+                f"{where(row, name)}: image file not found: {resolved} "
+                f"(relative paths are taken from the CSV's folder {folder})"
+            )
+        paths.append(resolved)
+    return paths
+
+
+def _resolve(text: str, folder: Path) -> Path:
+    """``text`` as an absolute path; Windows separators are accepted when the file needs them."""
+    candidate = Path(os.path.abspath(folder / text))
+    if "\\" in text and not candidate.exists():
+        alternative = Path(os.path.abspath(folder / text.replace("\\", "/")))
+        if alternative.exists():
+            return alternative
+    return candidate
+
+
+def _decode_images(
+    paths: List[Path],
+    shape: _ImageShape,
+    variable: DataVariable,
+    column: str,
+    where: Locator,
+    role: str,
+) -> np.ndarray:
+    """Decode every image once into a uint8 array of shape ``(N, *variable.shape)``."""
+    from tqdm import tqdm
+
+    cache = np.empty((len(paths),) + tuple(variable.shape), dtype=np.uint8)
+    resized: List[Tuple[int, Path, Tuple[int, int]]] = []
+    progress = tqdm(
+        paths,
+        desc=f"loading {role} images",
+        unit="image",
+        disable=True if len(paths) <= PROGRESS_BAR_MIN_IMAGES else None,
+    )
+    for row, path in enumerate(progress):
+        image = _open_image(path, where(row, column))
+        if image.size != (shape.width, shape.height):
+            resized.append((row, path, image.size))
+        cache[row] = _to_array(image, shape, variable, where(row, column), path)
+    if resized:
+        _warn_resized(resized, len(paths), shape, role)
+    return cache
+
+
+def _open_image(path: Path, location: str):
+    """The fully decoded image, detached from its file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except Exception as error:  # Pillow reports unreadable files with many exception types
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise InfluenceError(f"{location}: {path} cannot be read as an image ({reason})") from None
+
+
+def _to_array(image, shape: _ImageShape, variable: DataVariable, location: str, path: Path):
+    """The image in the model's channels and size, as uint8 ``(C, H, W)`` or ``(H, W)``."""
+    from PIL import Image
+
+    converted = _to_channels(image, shape.channels, variable, location, path)
+    if converted.size != (shape.width, shape.height):
+        converted = converted.resize((shape.width, shape.height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(converted, dtype=np.uint8)
+    if pixels.ndim == 3:
+        return pixels.transpose(2, 0, 1)
+    return pixels[np.newaxis] if shape.channel_axis else pixels
+
+
+def _to_channels(image, channels: int, variable: DataVariable, location: str, path: Path):
+    """Grayscale <-> RGB as the model needs, alpha dropped; anything else is an error."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        image, mode = _sixteen_bit_to_gray(image), "L"
+    if channels == 4 and mode == "RGBA":
+        return image
+    if channels in (1, 3) and mode in _GRAY_MODES | _COLOR_MODES:
+        return image.convert("L" if channels == 1 else "RGB")
+    raise InfluenceError(
+        f"{location}: image {path} has pixel mode '{mode}' but variable "
+        f"'{variable.variable_name}' needs {channels} channel(s); supported are 8- or 16-bit "
+        "grayscale, RGB and RGBA images for 1- or 3-channel inputs, and RGBA for 4 channels"
+    )
+
+
+def _sixteen_bit_to_gray(image):
+    """16-bit grayscale scaled to 8 bits (Pillow's own conversion clips at 255)."""
+    from PIL import Image
+
+    wide = np.asarray(image).astype(np.uint32)
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+
+
+def _warn_resized(
+    resized: List[Tuple[int, Path, Tuple[int, int]]], total: int, shape: _ImageShape, role: str
+) -> None:
+    row, path, (width, height) = resized[0]
+    log.warning(
+        "%s: %d of %d images differ from the model input size %dx%d and are resized "
+        "(bilinear); the first is row %d (0-based data row), %s, %dx%d",
+        role,
+        len(resized),
+        total,
+        shape.width,
+        shape.height,
+        row,
+        path,
+        width,
+        height,
+    )
