@@ -1,0 +1,170 @@
+"""The SGD-Influence engine against independent references.
+
+Closed forms (logistic regression), the per-row loop the batched pass replaces, exactness for
+one SGD step of a linear objective, and leave-one-out retraining (Kendall's tau, Jaccard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from influence_reference import LeaveOneOut, Subset, extreme_jaccard, flat, kendall_tau
+
+from nnabla_sgd_influence.datasets import load_dataset
+from nnabla_sgd_influence.engine import run_trial
+from nnabla_sgd_influence.hvp import (
+    AutodiffPass,
+    FiniteDifferencePass,
+    create_pass,
+    per_row_reference,
+)
+from nnabla_sgd_influence.model import create_parameter_variables, load_model
+from nnabla_sgd_influence.retrace import retrace
+from nnabla_sgd_influence.training import retrain
+
+
+def _load(samples_dir: Path, model: str, data: str, train_csv: str = "train.csv"):
+    m = load_model(samples_dir / "models" / model / "results.nnp")
+    folder = samples_dir / data
+    train = load_dataset(folder / train_csv, m.data_variables, m.normalize_images)
+    val = load_dataset(folder / "val.csv", m.data_variables, m.normalize_images, role="input-val")
+    return m, train, val
+
+
+def _random_direction(params, names, seed=0):
+    rng = np.random.RandomState(seed)
+    return [rng.randn(*params[n].shape).astype(np.float32) for n in names]
+
+
+# --------------------------------------------------------------------------------------
+# One pass: closed forms and the per-row loop
+
+
+def test_logistic_regression_pass_matches_closed_form(samples_dir):
+    m, train, _ = _load(samples_dir, "cancer_logreg", "cancer")
+    params = create_parameter_variables(m)
+    rows = np.arange(40)
+    batch = train.batch(rows)
+    v = _random_direction(params, m.trainable)
+    dots, hv = AutodiffPass(m, params)(batch, v)
+
+    # l_i = BCE(sigmoid(w.x + b), y): g_i = (s - y) [x; 1], H_i = s (1 - s) [x; 1][x; 1]^T
+    names = dict(zip(m.trainable, range(len(m.trainable))))
+    w_name = next(n for n in m.trainable if n.endswith("/W"))
+    b_name = next(n for n in m.trainable if n.endswith("/b"))
+    w = params[w_name].d.astype(np.float64).ravel()
+    b = float(params[b_name].d.ravel()[0])
+    x = batch["Input"].astype(np.float64)
+    y = batch[m.data_variables[1].variable_name].astype(np.float64).ravel()
+    s = 1.0 / (1.0 + np.exp(-(x @ w + b)))
+    vw = v[names[w_name]].astype(np.float64).ravel()
+    vb = float(v[names[b_name]].ravel()[0])
+    along_v = x @ vw + vb
+    np.testing.assert_allclose(dots, (s - y) * along_v, rtol=1e-4, atol=1e-6)
+    curvature = s * (1.0 - s) * along_v
+    np.testing.assert_allclose(hv[names[w_name]].ravel(), x.T @ curvature, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(hv[names[b_name]].ravel(), [curvature.sum()], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model, data", [("cancer_mlp", "cancer"), ("digits_cnn", "digits"), ("cancer_logreg", "cancer")]
+)
+def test_batched_pass_equals_per_row_loop(samples_dir, model, data):
+    m, train, _ = _load(samples_dir, model, data)
+    params = create_parameter_variables(m)
+    batch = train.batch(np.arange(3, 19))
+    v = _random_direction(params, m.trainable, seed=1)
+    dots, hv = AutodiffPass(m, params)(batch, v)
+    ref_dots, ref_hv = per_row_reference(m, params, batch, v)
+    np.testing.assert_allclose(dots, ref_dots, rtol=1e-4, atol=1e-6 * np.abs(ref_dots).max())
+    scale = np.abs(flat(ref_hv)).max()
+    np.testing.assert_allclose(flat(hv), flat(ref_hv), rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_finite_difference_pass_agrees_with_autodiff(samples_dir):
+    m, train, _ = _load(samples_dir, "cancer_mlp", "cancer")
+    params = create_parameter_variables(m)
+    batch = train.batch(np.arange(32))
+    v = _random_direction(params, m.trainable, seed=2)
+    dots, hv = AutodiffPass(m, params)(batch, v)
+    fd_dots, fd_hv = FiniteDifferencePass(m, params)(batch, v)
+    np.testing.assert_allclose(fd_dots, dots, rtol=2e-2, atol=2e-3 * np.abs(dots).max())
+    np.testing.assert_allclose(flat(fd_hv), flat(hv), rtol=5e-2, atol=2e-2 * np.abs(flat(hv)).max())
+
+
+# --------------------------------------------------------------------------------------
+# The retrace
+
+
+def test_one_sgd_step_is_exact_for_a_linear_objective(samples_dir, tmp_path):
+    """After one step, theta without row j differs by exactly lr/|S| g_j(theta_0)."""
+    m, train, _ = _load(samples_dir, "cancer_mlp", "cancer")
+    # A large step keeps the float32 change of theta well above rounding.
+    solver = dataclasses.replace(m.solver, hyper_parameters={"lr": 50.0})
+    m = dataclasses.replace(m, solver=solver)
+    train = Subset(train, 24)
+    params = create_parameter_variables(m)
+    run = retrain(m, params, train, batch_size=24, seed=0, mode="exact", workdir=tmp_path)
+    assert len(run.steps) == 1
+    u = _random_direction(params, m.trainable, seed=3)
+    scores = retrace(
+        m, params, train, run, [a.astype(np.float64) for a in u], AutodiffPass(m, params)
+    )
+
+    truth = LeaveOneOut(m, train, train, batch_size=24, seed=0, epochs=1)
+    objective = []
+    for j in [None] + list(range(len(train))):
+        truth.validation_loss(j)
+        theta = flat([truth.params[n].d.astype(np.float64) for n in m.trainable])
+        objective.append(float(theta @ flat(u).astype(np.float64)))
+    exact = np.array(objective[1:]) - objective[0]
+    np.testing.assert_allclose(scores, exact, rtol=1e-3, atol=1e-4 * np.abs(exact).max())
+
+
+def test_retrace_leaves_parameters_and_batch_statistics_unchanged(samples_dir, tmp_path):
+    m, train, val = _load(samples_dir, "digits_cnn", "digits")
+    train = Subset(train, 64)
+    params = create_parameter_variables(m)
+    run = retrain(m, params, train, batch_size=32, seed=0, epochs=1)
+    after_training = {k: v.d.copy() for k, v in params.items()}
+    u = _random_direction(params, m.trainable)
+    retrace(m, params, train, run, u, AutodiffPass(m, params))
+    for name, value in after_training.items():
+        np.testing.assert_array_equal(params[name].d, value, err_msg=name)
+    assert any("mean" in n for n in m.parameters) and not any("mean" in n for n in m.trainable)
+    for name, value in m.parameters.items():  # the loaded model is never written
+        np.testing.assert_array_equal(value, load_model(m.path).parameters[name])
+
+
+def test_exact_mode_streams_one_snapshot_per_step(samples_dir, tmp_path):
+    m, train, val = _load(samples_dir, "cancer_mlp", "cancer")
+    result = run_trial(m, train, val, batch_size=32, seed=0, mode="exact", workdir=tmp_path)
+    files = sorted((tmp_path / "snapshots-0").glob("*.npy"))
+    assert len(files) == len(result.steps) == int(np.ceil(len(train) / 32))
+    assert result.stored_bytes == sum(f.stat().st_size for f in files)
+    last = run_trial(m, train, val, batch_size=32, seed=0, mode="last", workdir=tmp_path)
+    assert last.stored_bytes < result.stored_bytes / 5
+
+
+def test_trials_are_deterministic_and_seed_dependent(samples_dir, tmp_path):
+    m, train, val = _load(samples_dir, "cancer_mlp", "cancer")
+    a = run_trial(m, train, val, batch_size=32, seed=4, workdir=tmp_path)
+    b = run_trial(m, train, val, batch_size=32, seed=4, workdir=tmp_path)
+    c = run_trial(m, train, val, batch_size=32, seed=5, workdir=tmp_path)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert not np.array_equal(a.scores, c.scores)
+    assert sorted(np.concatenate([s.rows for s in a.steps]).tolist()) == list(range(len(train)))
+
+
+def test_autodiff_is_refused_for_layers_without_second_order(samples_dir):
+    m, _, _ = _load(samples_dir, "cancer_mlp", "cancer")
+    from nnabla_sgd_influence.model import Layer
+
+    fake = dataclasses.replace(m, layers=m.layers + [Layer("DWConv", "DepthwiseConvolution")])
+    params = create_parameter_variables(fake)
+    assert isinstance(create_pass(fake, params, "auto"), FiniteDifferencePass)
+    with pytest.raises(Exception, match="DWConv.*DepthwiseConvolution.*finite-difference"):
+        create_pass(fake, params, "autodiff")
