@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from influence_reference import LeaveOneOut, Subset, extreme_jaccard, flat, kendall_tau
+from influence_reference import Subset
 
 from nnabla_sgd_influence.datasets import load_dataset
 from nnabla_sgd_influence.engine import run_trial
+from nnabla_sgd_influence.evaluation import LeaveOneOut, flat
 from nnabla_sgd_influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
