@@ -118,7 +118,7 @@ def _restore_state(solver, spec: SolverSpec, params: Dict[str, object]) -> None:
                 )
         restored += 1
     solver.set_states(states)
-    log.info("continuing the saved %s state of %d parameters", spec.type, restored)
+    log.debug("continuing the saved %s state of %d parameters", spec.type, restored)
 
 
 def learning_rate_schedule(spec: SolverSpec) -> Callable[[int], float]:

@@ -1,0 +1,244 @@
+"""Command lines of the two plugins (image and tabular).
+
+Neural Network Console builds a plugin's dialog from ``-h``: the first line of the description
+is the menu title, and each option's help gives its type in parentheses and ``default=``.
+Options hidden from the dialog use ``argparse.SUPPRESS`` and are documented in the README.
+Nothing heavy is imported until the arguments are parsed, so ``-h`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import List, NoReturn, Optional, Sequence
+
+from .errors import InfluenceError
+
+DEBUG_VARIABLE = "NNSI_DEBUG"
+# Third-party packages the plugins import: a missing one is the user's setup, not our bug.
+_REQUIREMENTS = {"nnabla", "nnabla_ext", "numpy", "pandas", "PIL", "tqdm", "h5py", "google"}
+
+_PAPERS = """
+Ranks every row of the training dataset by its SGD-Influence on the validation loss:
+rows with the most negative influence come first; removing them should lower the
+validation loss, which makes them the first candidates for data cleansing.
+Retrains the model of the .nnp from its saved parameters and solver, then retraces
+the steps backwards.
+
+"Data Cleansing for Models Trained with SGD"
+  Satoshi Hara, Atsushi Nitanda, Takanori Maehara, NeurIPS 2019
+  https://arxiv.org/abs/1906.08473
+"Data Cleansing for Deep Neural Networks with Storage-efficient Approximation of
+Influence Functions"
+  Kenji Suzuki, Yoshiyuki Kobayashi, Takuya Narihira, 2021
+  https://arxiv.org/abs/2103.11807
+"""
+
+_TITLES = {"image": "SGD Influence", "tabular": "SGD Influence (tabular)"}
+_DESCRIPTIONS = {
+    "image": "For image datasets (x:image, y:label).\n"
+    "Output columns: x:image, y:label, influence, datasource_index.",
+    "tabular": "For tabular datasets (x__0, x__1, ..., y); models with Dropout are refused.\n"
+    "Output columns: index, influence, datasource_index, then the row's own columns.",
+}
+_DEFAULTS = {
+    "image": {"batch_size": 32, "n_trials": 6, "output": "influence.csv"},
+    "tabular": {"batch_size": 64, "n_trials": 1, "output": "sgd_influence_tabular.csv"},
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser(kind: str) -> argparse.ArgumentParser:
+    """The argument parser of the ``image`` or ``tabular`` plugin."""
+    defaults = _DEFAULTS[kind]
+    parser = _OneLineParser(
+        description=f"{_TITLES[kind]}\n\n{_DESCRIPTIONS[kind]}\n{_PAPERS}",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    add = parser.add_argument
+    add(
+        "-m",
+        "--model",
+        default="results.nnp",
+        help="path to the trained model, the results.nnp of a training (model) default=results.nnp",
+    )
+    add(
+        "-bs",
+        "--batch_size",
+        type=int,
+        default=defaults["batch_size"],
+        help=f"rows per step when retraining and retracing (int) default={defaults['batch_size']}",
+    )
+    add(
+        "-t",
+        "--input-train",
+        required=True,
+        help="path to the training dataset CSV whose rows are scored (csv)",
+    )
+    add(
+        "-v",
+        "--input-val",
+        required=True,
+        help="path to the validation dataset CSV that influence is measured on (csv)",
+    )
+    add(
+        "-o",
+        "--output",
+        default=defaults["output"],
+        help=f"path to the output CSV, most harmful rows first (csv) default={defaults['output']}",
+    )
+    add(
+        "-s",
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the first trial, the next trials add 1 (int) default=0",
+    )
+    add(
+        "-nt",
+        "--n_trials",
+        type=int,
+        default=defaults["n_trials"],
+        help="number of trials with different shuffles, scores are averaged (int) "
+        f"default={defaults['n_trials']}",
+    )
+    _add_hidden_options(parser)
+    return parser
+
+
+def _add_hidden_options(parser: argparse.ArgumentParser) -> None:
+    """Advanced options, kept out of NNC's dialog (see the README for what they do)."""
+    hidden = argparse.SUPPRESS
+    add = parser.add_argument
+    add("--mode", choices=("last", "exact"), default="last", help=hidden)
+    add("--epochs", type=int, default=1, help=hidden)
+    add("--hvp", choices=("auto", "autodiff", "finite-difference"), default="auto", help=hidden)
+    add("--context", choices=("cpu", "cudnn"), default=None, help=hidden)
+    add("--device-id", default="0", help=hidden)
+    add("--temp-dir", default=None, help=hidden)
+    add("--keep-temp", action="store_true", help=hidden)
+    add("--step-log", action="store_true", help=hidden)
+
+
+def settings_from_args(kind: str, args: argparse.Namespace):
+    """The pipeline's Settings for parsed arguments."""
+    from .pipeline import Settings
+
+    return Settings(
+        model=Path(args.model),
+        input_train=Path(args.input_train),
+        input_val=Path(args.input_val),
+        output=Path(args.output),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        n_trials=args.n_trials,
+        kind=kind,
+        mode=args.mode,
+        epochs=args.epochs,
+        hvp=args.hvp,
+        context=args.context,
+        device_id=str(args.device_id),
+        temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
+        keep_temp=args.keep_temp,
+        step_log=args.step_log,
+    )
+
+
+class _LogFormatter(logging.Formatter):
+    """nnabla's log format, with this package's loggers shown under one short name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.startswith("nnabla_sgd_influence"):
+            record = logging.makeLogRecord(record.__dict__)
+            record.name = "sgd-influence"
+        return super().format(record)
+
+
+def configure_logging(debug: bool) -> None:
+    """INFO (DEBUG with NNSI_DEBUG) to stderr, in nnabla's format, before nnabla sets its own."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter("%(asctime)s [%(name)s][%(levelname)s]: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for noisy in ("matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _raise_interrupt(_signum, _frame) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv``, run the plugin and turn every outcome into an exit code."""
+    args = build_parser(kind).parse_args(argv)
+    debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    configure_logging(debug)
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # a stopped run cleans up too
+    try:
+        from .pipeline import run
+
+        run(settings_from_args(kind, args))
+    except InfluenceError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in _REQUIREMENTS:
+            return _internal_error(error, debug)
+        if debug:
+            traceback.print_exc()
+        print(
+            f"error: the Python that runs this plugin lacks the package '{error.name}': "
+            "install nnabla-sgd-influence and its requirements into it (see the README)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as error:
+        return _internal_error(error, debug)
+    return 0
+
+
+def _internal_error(error: BaseException, debug: bool) -> int:
+    """Report an unexpected failure on one line (the traceback with NNSI_DEBUG=1)."""
+    if debug:
+        traceback.print_exc()
+    print(
+        f"internal error: {type(error).__name__}: {_one_line(error)} "
+        f"(set {DEBUG_VARIABLE}=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def main_image(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the image plugin (``plugins/sgd_influence.py``)."""
+    return main("image", argv)
+
+
+def main_tabular(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the tabular plugin (``plugins/sgd_influence_tabular.py``)."""
+    return main("tabular", argv)

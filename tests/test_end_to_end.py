@@ -1,0 +1,262 @@
+"""Both plugin scripts run as a user (or NNC) runs them: on the samples, on a model written by
+NNC itself, and interrupted with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from plugin_helpers import (
+    COMPLETION,
+    IMAGE_SCRIPT,
+    REPO,
+    TABULAR_SCRIPT,
+    plugin_env,
+    read_csv,
+    read_header,
+    run_plugin,
+    run_plugins,
+)
+
+from nnabla_sgd_influence.workspace import PREFIX
+
+
+@pytest.fixture(scope="module")
+def samples(samples_dir) -> Path:
+    """``samples/build`` (the session fixture of conftest.py builds it when needed)."""
+    return samples_dir
+
+
+def image_args(samples: Path, output: Path, *extra: object) -> list:
+    digits = samples / "digits"
+    return [
+        "-m",
+        samples / "models" / "digits_cnn_noisy" / "results.nnp",
+        "-t",
+        digits / "train_noisy.csv",
+        "-v",
+        digits / "val.csv",
+        "-o",
+        output,
+        *extra,
+    ]
+
+
+def tabular_args(samples: Path, output: Path, *extra: object) -> list:
+    cancer = samples / "cancer"
+    return [
+        "-m",
+        samples / "models" / "cancer_mlp_noisy" / "results.nnp",
+        "-t",
+        cancer / "train_noisy.csv",
+        "-v",
+        cancer / "val.csv",
+        "-o",
+        output,
+        *extra,
+    ]
+
+
+def n_rows(csv_path: Path) -> int:
+    return len(read_csv(csv_path))
+
+
+def assert_ranked(rows: list, n: int) -> None:
+    """Every training row once, sorted by influence (ties by row), finite scores."""
+    scores = np.array([float(r["influence"]) for r in rows])
+    index = np.array([int(r["datasource_index"]) for r in rows])
+    assert sorted(index.tolist()) == list(range(n))
+    assert np.isfinite(scores).all()
+    assert all((a, i) <= (b, j) for a, b, i, j in zip(scores, scores[1:], index, index[1:])), (
+        "not sorted by influence"
+    )
+
+
+def assert_succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert COMPLETION in result.stderr
+
+
+def test_image_plugin_on_the_noisy_digits(samples, tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    first, second = run_plugins(
+        [
+            (IMAGE_SCRIPT, image_args(samples, out / "a.csv", "-nt", 1, "--step-log")),
+            (IMAGE_SCRIPT, image_args(samples, out / "b.csv", "-nt", 1)),
+        ]
+    )
+    assert_succeeded(first)
+    assert_succeeded(second)
+    assert (out / "a.csv").read_bytes() == (out / "b.csv").read_bytes(), "not deterministic"
+
+    train_csv = samples / "digits" / "train_noisy.csv"
+    train = read_csv(train_csv)
+    rows = read_csv(out / "a.csv")
+    assert read_header(out / "a.csv") == ["x:image", "y:label", "influence", "datasource_index"]
+    assert len(rows) == len(train)
+    assert_ranked(rows, len(train))
+    for row in rows:
+        source = train[int(row["datasource_index"])]
+        image = (out / row["x:image"]).resolve()
+        assert image == (train_csv.parent / source["x:image"]).resolve()
+        assert image.is_file() and "\\" not in row["x:image"]
+        assert row["y:label"] == source["y:label"]
+
+    steps = read_csv(out / "a_steps.csv")
+    assert sorted(int(i) for s in steps for i in s["rows"].split()) == list(range(len(train)))
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "a_steps.csv", "b.csv"]
+    assert f"scored {len(train)} rows" in first.stderr
+
+
+def test_tabular_plugin_on_the_noisy_cancer_data(samples, tmp_path):
+    first, second = run_plugins(
+        [
+            (TABULAR_SCRIPT, tabular_args(samples, tmp_path / "a.csv", "-nt", 2, "-bs", 32)),
+            (TABULAR_SCRIPT, tabular_args(samples, tmp_path / "b.csv", "-nt", 2, "-bs", 32)),
+        ]
+    )
+    assert_succeeded(first)
+    assert_succeeded(second)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+    train_csv = samples / "cancer" / "train_noisy.csv"
+    train_header = read_header(train_csv)
+    train = read_csv(train_csv)
+    assert read_header(tmp_path / "a.csv") == [
+        "index",
+        "influence",
+        "datasource_index",
+        *train_header,
+    ]
+    rows = read_csv(tmp_path / "a.csv")
+    assert len(rows) == len(train)
+    assert_ranked(rows, len(train))
+    for row in rows:
+        assert row["index"] == row["datasource_index"]
+        source = train[int(row["index"])]
+        assert all(row[column] == source[column] for column in train_header)
+
+
+def test_seed_and_trials_change_the_scores(samples, tmp_path):
+    base, other_seed = run_plugins(
+        [
+            (TABULAR_SCRIPT, tabular_args(samples, tmp_path / "s0.csv", "-s", 0)),
+            (TABULAR_SCRIPT, tabular_args(samples, tmp_path / "s5.csv", "-s", 5)),
+        ]
+    )
+    assert_succeeded(base)
+    assert_succeeded(other_seed)
+    assert (tmp_path / "s0.csv").read_bytes() != (tmp_path / "s5.csv").read_bytes()
+
+
+def test_relative_paths_from_the_working_folder(samples, tmp_path):
+    """NNC runs a plugin from the result folder, with paths relative to it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args = tabular_args(samples, work / "out.csv")
+    args = [os.path.relpath(a, work) if isinstance(a, Path) else a for a in args]
+    result = run_plugin(TABULAR_SCRIPT, *args, cwd=work)
+    assert_succeeded(result)
+    assert n_rows(work / "out.csv") == n_rows(samples / "cancer" / "train_noisy.csv")
+
+
+def wait_for_training(temp_parent: Path, process: subprocess.Popen, timeout: float = 60) -> Path:
+    """Block until the run has made its temporary folder and started trial 1."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        for folder in temp_parent.glob(PREFIX + "*"):
+            if (folder / "trial_1").is_dir():
+                return folder
+        time.sleep(0.02)
+    raise AssertionError("the run never reached training")
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_mid_run_leaves_nothing(samples, tmp_path, signal_number):
+    temp_parent = tmp_path / "temp"
+    temp_parent.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    args = image_args(
+        samples, out / "influence.csv", "-nt", 3, "--mode", "exact", "--temp-dir", temp_parent
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(IMAGE_SCRIPT), *[str(a) for a in args]],
+        cwd=str(REPO),
+        env=plugin_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_training(temp_parent, process)
+        time.sleep(0.3)
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.rstrip().splitlines()[-1] == "interrupted"
+    assert "Traceback" not in stderr
+    assert list(temp_parent.iterdir()) == []
+    assert list(out.iterdir()) == []
+
+
+def make_fashion_like_dataset(folder: Path, n_train: int = 64, n_val: int = 32) -> None:
+    """28x28 grayscale PNGs, labels 0..9, in NNC's image CSV layout."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n_train), ("val", n_val)):
+        lines = ["x:image,y:label"]
+        (folder / split).mkdir(parents=True)
+        for i in range(count):
+            label = i % 10
+            pixels = rng.integers(0, 60, size=(28, 28))
+            pixels[2 + 2 * label : 6 + 2 * label, 4:24] += 180  # a class-dependent stripe
+            name = f"{split}/{i:03d}.png"
+            Image.fromarray(pixels.astype(np.uint8), mode="L").save(folder / name)
+            lines.append(f"{name},{label}")
+        (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_real_nnc_model_runs_end_to_end(tmp_path, nnc_fixture):
+    """The results.nnp that NNC wrote for its FashionMNIST sample, run from its result folder."""
+    result_folder = tmp_path / "fashion.files" / "20210611_000000"
+    result_folder.mkdir(parents=True)
+    (result_folder / "results.nnp").write_bytes(nnc_fixture.read_bytes())
+    with zipfile.ZipFile(nnc_fixture) as archive:  # NNC leaves net.nntxt beside results.nnp
+        (result_folder / "net.nntxt").write_bytes(archive.read("net.nntxt"))
+    data = tmp_path / "data"
+    make_fashion_like_dataset(data)
+
+    result = run_plugin(
+        IMAGE_SCRIPT,
+        "-t",
+        data / "train.csv",
+        "-v",
+        data / "val.csv",
+        "-bs",
+        16,
+        "-nt",
+        1,
+        cwd=result_folder,
+    )
+    assert_succeeded(result)
+    assert "chosen by" in result.stderr and "net.nntxt" in result.stderr
+    output = result_folder / "influence.csv"  # the default name, in the working folder
+    rows = read_csv(output)
+    assert len(rows) == 64
+    assert_ranked(rows, 64)
+    for row in rows:
+        assert (result_folder / row["x:image"]).resolve().is_file()
