@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,17 +70,27 @@ class AutodiffPass:
 
 
 class FiniteDifferencePass:
-    """Central differences along v at theta +/- eps*v: two forward/backward passes, no H."""
+    """Central differences along v at theta +/- eps*v, with first-order gradients only.
+
+    Row losses are differenced with a larger step than the batch gradient: losses are smooth
+    enough for it and float32 rounding favours it, while gradients of ReLU and max-pooling
+    networks jump where a unit switches, so their step is kept small.
+    """
 
     name = "finite-difference"
 
     def __init__(
-        self, model: NnpModel, params: Dict[str, object], relative_step: float = 1e-3
+        self,
+        model: NnpModel,
+        params: Dict[str, object],
+        loss_step: float = 1e-3,
+        gradient_step: float = 1e-5,
     ) -> None:
         self.model = model
         self.params = params
         self.theta = [params[n] for n in model.trainable]
-        self.relative_step = relative_step
+        self.loss_step = loss_step
+        self.gradient_step = gradient_step
         self._graphs: Dict[int, Tuple[object, object]] = {}
 
     def _graph(self, batch_size: int):
@@ -95,64 +105,88 @@ class FiniteDifferencePass:
         graph, total = self._graph(_batch_size(batch))
         _feed(graph.inputs, batch)
         base = [p.d.copy() for p in self.theta]
-        v_norm = float(np.sqrt(sum(float(np.sum(np.square(a))) for a in v)))
+        v_norm = _norm(v)
         if v_norm == 0.0:
             return np.zeros(graph.batch_size), [np.zeros(p.shape) for p in self.theta]
-        theta_norm = float(np.sqrt(sum(float(np.sum(np.square(a))) for a in base)))
-        eps = self.relative_step * max(theta_norm, 1.0) / v_norm
+        # Steps are relative to the size of theta; eps * ||v|| is the distance moved.
+        scale = max(_norm(base), 1.0) / v_norm
         try:
-            loss_plus, grad_plus = self._losses_and_gradient(graph, total, base, v, eps)
-            loss_minus, grad_minus = self._losses_and_gradient(graph, total, base, v, -eps)
+            eps = self.loss_step * scale
+            plus = self._at(base, v, eps, graph, total, gradient=False)[0]
+            minus = self._at(base, v, -eps, graph, total, gradient=False)[0]
+            dots = (plus - minus) / (2.0 * eps)
+            eps = self.gradient_step * scale
+            grad_plus = self._at(base, v, eps, graph, total, gradient=True)[1]
+            grad_minus = self._at(base, v, -eps, graph, total, gradient=True)[1]
+            hv = [(a - b) / (2.0 * eps) for a, b in zip(grad_plus, grad_minus)]
         finally:
             for p, value in zip(self.theta, base):
                 p.d = value
-        dots = (loss_plus - loss_minus) / (2.0 * eps)
-        hv = [(a - b) / (2.0 * eps) for a, b in zip(grad_plus, grad_minus)]
         return dots, hv
 
-    def _losses_and_gradient(self, graph, total, base, v, eps: float):
+    def _at(self, base, v, eps: float, graph, total, gradient: bool):
+        """Row losses (and the batch gradient) at theta + eps * v."""
         for p, value, direction in zip(self.theta, base, v):
             p.d = value + eps * direction
-        total.forward(clear_no_need_grad=True)
+        total.forward(clear_no_need_grad=gradient)
         losses = graph.per_sample_loss.d.astype(np.float64)
+        if not gradient:
+            return losses, None
         for p in self.theta:
             p.grad.zero()
         total.backward(clear_buffer=True)
         return losses, [p.g.astype(np.float64) for p in self.theta]
 
 
-def create_pass(
-    model: NnpModel, params: Dict[str, object], method: str = "auto", probe_batch: int = 2
-):
-    """The pass for ``method``: ``auto`` is autodiff unless a layer has no second-order backward."""
+def _norm(arrays: Sequence[np.ndarray]) -> float:
+    return float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays)))
+
+
+def create_pass(model: NnpModel, params: Dict[str, object], method: str = "auto"):
+    """The pass for ``method``: ``auto`` is autodiff unless nnabla cannot differentiate twice."""
     if method not in HVP_METHODS:
         raise InfluenceError(f"hvp method must be one of {', '.join(HVP_METHODS)}, got '{method}'")
     if method == "finite-difference":
         return FiniteDifferencePass(model, params)
-    blocked = layers_without_second_order(model)
-    if blocked:
-        names = ", ".join(f"'{layer.name}' ({layer.type})" for layer in blocked)
-        if method == "autodiff":
-            raise InfluenceError(
-                f"{model.path}: layer {names} has no second-order backward in this nnabla; "
-                "use --hvp finite-difference"
-            )
-        log.warning(
-            "layer %s has no second-order backward in nnabla: using finite differences", names
-        )
-        return FiniteDifferencePass(model, params)
     autodiff = AutodiffPass(model, params)
+    problem = _second_order_problem(autodiff)
+    if problem is None:
+        return autodiff
+    suspects = layers_without_second_order(model)
+    names = ", ".join(f"'{layer.name}' ({layer.type})" for layer in suspects) or "a layer"
+    if method == "autodiff":
+        raise InfluenceError(
+            f"{model.path}: layer {names} has no second-order backward in this nnabla "
+            f"({problem}); use --hvp finite-difference"
+        )
+    log.warning(
+        "layer %s has no second-order backward in nnabla (%s): using finite differences",
+        names,
+        problem,
+    )
+    return FiniteDifferencePass(model, params)
+
+
+def _second_order_problem(autodiff: AutodiffPass) -> Optional[str]:
+    """Why a trial second-order pass on a zero batch fails, or None when it works."""
+    probe = {
+        d.variable_name: np.zeros((2,) + d.shape, dtype=np.float32)
+        for d in autodiff.model.data_variables
+    }
+    zero = [np.zeros(p.shape, dtype=np.float32) for p in autodiff.theta]
+    snapshot = {name: v.d.copy() for name, v in autodiff.params.items()}
     try:
-        autodiff.graph(probe_batch)
+        autodiff(probe, zero)
     except NotImplementedError as error:
-        if method == "autodiff":
-            raise InfluenceError(
-                f"{model.path}: second-order backward is not available ({error}); "
-                "use --hvp finite-difference"
-            ) from None
-        log.warning("second-order backward is not available (%s): using finite differences", error)
-        return FiniteDifferencePass(model, params)
-    return autodiff
+        return str(error) or "not implemented"
+    except RuntimeError as error:
+        if "not implemented" not in str(error).lower():
+            raise
+        return str(error).strip().splitlines()[-1]
+    finally:
+        for name, value in snapshot.items():  # BatchNormalization statistics moved
+            autodiff.params[name].d = value
+    return None
 
 
 def per_row_reference(
@@ -194,12 +228,15 @@ def _build_second_order_graph(model, params, theta, batch_size: int) -> _SecondO
     import nnabla as nn
     import nnabla.functions as F
 
-    graph = build_graph(model, params, batch_size, training=True)
+    graph = build_graph(model, params, batch_size, training=True, second_order=True)
     weights = nn.Variable.from_numpy_array(np.ones(batch_size, dtype=np.float32), need_grad=True)
     weighted = F.sum(weights * graph.per_sample_loss)
     gradients = nn.grad([weighted], theta)
     directions = [nn.Variable(p.shape) for p in theta]
-    terms = [F.sum(g * d) for g, d in zip(gradients, directions)]
+    # A parameter the loss does not reach gets no gradient graph, and contributes nothing.
+    terms = [
+        F.sum(g * d) for g, d in zip(gradients, directions) if g is not None and g.shape == d.shape
+    ]
     directional = terms[0] if len(terms) == 1 else F.add_n(*terms)
     return _SecondOrderGraph(graph.inputs, weights, weighted, directions, directional)
 

@@ -424,12 +424,14 @@ def build_graph(
     batch_size: int,
     training: bool,
     network_name: Optional[str] = None,
+    second_order: bool = False,
 ) -> Graph:
     """Build a network of ``model`` at ``batch_size`` on the shared ``params``.
 
     ``training`` selects the training network as the solver runs it (BatchNormalization on
     batch statistics, Dropout active); otherwise the evaluation network in test mode
-    (running statistics, Dropout as identity).
+    (running statistics, Dropout as identity). ``second_order`` writes layers whose backward
+    nnabla cannot differentiate again as equivalent layers that it can (same values).
     """
     import nnabla as nn
     import nnabla.functions as F
@@ -458,7 +460,10 @@ def build_graph(
                     f"{model.path}: layer '{function.name}' reads '{input_name}', which is "
                     "neither a data variable, a parameter nor an earlier layer's output"
                 )
-        outputs = _call_function(function, args, batch_size, network.batch_size, training)
+        if second_order and function.type in _SECOND_ORDER_EQUIVALENTS:
+            outputs = (_SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
+        else:
+            outputs = _call_function(function, args, batch_size, network.batch_size, training)
         for output_name, output in zip(function.output, outputs):
             variables[output_name] = output
 
@@ -476,6 +481,30 @@ def build_graph(
     return Graph(
         inputs=inputs, per_sample_loss=per_sample, batch_size=batch_size, outputs=variables
     )
+
+
+def _depthwise_as_grouped_convolution(function, args: Sequence):
+    """DepthwiseConvolution is a Convolution with one group per input channel."""
+    import nnabla.functions as F
+
+    param = function.depthwise_convolution_param
+    x, weight = args[0], args[1]
+    bias = args[2] if len(args) > 2 else None
+    channels = x.shape[param.base_axis]
+    kernel = (weight.shape[0], 1) + tuple(weight.shape[1:])
+    return F.convolution(
+        x,
+        F.reshape(weight, kernel),
+        bias,
+        base_axis=param.base_axis,
+        pad=tuple(param.pad.dim) or None,
+        stride=tuple(param.stride.dim) or None,
+        dilation=tuple(param.dilation.dim) or None,
+        group=channels,
+    )
+
+
+_SECOND_ORDER_EQUIVALENTS = {"DepthwiseConvolution": _depthwise_as_grouped_convolution}
 
 
 def _call_function(function, args: Sequence, batch_size: int, file_batch: int, training: bool):
@@ -515,13 +544,19 @@ def _prepare_function_proto(proto, batch_size: int, file_batch: int, training: b
 
 
 def layers_without_second_order(model: NnpModel) -> List[Layer]:
-    """Training-network layers whose backward cannot itself be differentiated in this nnabla."""
+    """Training-network layers whose backward nnabla may not differentiate again.
+
+    Read from nnabla's own backward functions; some refuse only some settings (e.g. Pad in
+    reflect mode), so this names suspects rather than deciding.
+    """
     import inspect
 
     from nnabla.backward_functions import registry
 
     missing = []
     for layer in model.layers:
+        if layer.type in _SECOND_ORDER_EQUIVALENTS:
+            continue
         backward = registry.get(layer.type)
         if backward is None:
             missing.append(layer)

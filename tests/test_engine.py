@@ -15,7 +15,8 @@ from influence_reference import Subset
 
 from nnabla_sgd_influence.datasets import load_dataset
 from nnabla_sgd_influence.engine import run_trial
-from nnabla_sgd_influence.evaluation import LeaveOneOut, flat
+from nnabla_sgd_influence.errors import InfluenceError
+from nnabla_sgd_influence.evaluation import LeaveOneOut, flat, kendall_tau
 from nnabla_sgd_influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
@@ -160,12 +161,140 @@ def test_trials_are_deterministic_and_seed_dependent(samples_dir, tmp_path):
     assert sorted(np.concatenate([s.rows for s in a.steps]).tolist()) == list(range(len(train)))
 
 
-def test_autodiff_is_refused_for_layers_without_second_order(samples_dir):
-    m, _, _ = _load(samples_dir, "cancer_mlp", "cancer")
-    from nnabla_sgd_influence.model import Layer
+@pytest.mark.parametrize("model", ["cancer_mlp", "cancer_logreg"])
+def test_finite_difference_ranking_agrees_with_autodiff(samples_dir, tmp_path, model):
+    """On smooth networks (tanh, sigmoid); see the README for ReLU/max-pooling networks."""
+    data = "cancer"
+    m, train, val = _load(samples_dir, model, data)
+    train = Subset(train, 256)
+    runs = {
+        method: run_trial(m, train, val, batch_size=32, seed=0, hvp=method, workdir=tmp_path)
+        for method in ("autodiff", "finite-difference")
+    }
+    assert runs["finite-difference"].hvp_method == "finite-difference"
+    tau = kendall_tau(runs["finite-difference"].scores, runs["autodiff"].scores)
+    assert tau >= 0.95
 
-    fake = dataclasses.replace(m, layers=m.layers + [Layer("DWConv", "DepthwiseConvolution")])
-    params = create_parameter_variables(fake)
-    assert isinstance(create_pass(fake, params, "auto"), FiniteDifferencePass)
-    with pytest.raises(Exception, match="DWConv.*DepthwiseConvolution.*finite-difference"):
-        create_pass(fake, params, "autodiff")
+
+_MIDDLE_LAYERS = {
+    "DepthwiseConvolution": """function { name: "DW" type: "DepthwiseConvolution" input: "Input"
+    input: "DW/W" input: "DW/b" output: "DW" depthwise_convolution_param { base_axis: 1
+    pad { dim: 0 dim: 0 } stride { dim: 1 dim: 1 } dilation { dim: 1 dim: 1 } multiplier: 1 } }
+  function { name: "Tanh" type: "Tanh" input: "DW" output: "Tanh" }""",
+    # Flip's backward cannot be differentiated again in nnabla.
+    "Flip": """function { name: "DW" type: "Convolution" input: "Input" input: "DW/W4"
+    input: "DW/b" output: "DW" convolution_param { base_axis: 1 group: 2
+    pad { dim: 0 dim: 0 } stride { dim: 1 dim: 1 } dilation { dim: 1 dim: 1 } } }
+  function { name: "Mirror" type: "Flip" input: "DW" output: "Mirror" flip_param { axes: 3 } }
+  function { name: "Tanh" type: "Tanh" input: "Mirror" output: "Tanh" }""",
+}
+
+
+def _write_model(path: Path, middle: str) -> None:
+    """A tiny NNC-style model: Input -> ``middle`` -> Tanh -> Affine -> Softmax -> loss."""
+    import zipfile
+
+    import h5py
+
+    text = """
+network {
+  name: "Main" batch_size: 4
+  variable { name: "Input" type: "Buffer" shape { dim: -1 dim: 2 dim: 6 dim: 6 } }
+  variable { name: "DW/W" type: "Parameter" shape { dim: 2 dim: 3 dim: 3 } }
+  variable { name: "DW/W4" type: "Parameter" shape { dim: 2 dim: 1 dim: 3 dim: 3 } }
+  variable { name: "DW/b" type: "Parameter" shape { dim: 2 } }
+  variable { name: "Affine/W" type: "Parameter" shape { dim: 32 dim: 3 } }
+  variable { name: "Affine/b" type: "Parameter" shape { dim: 3 } }
+  variable { name: "CategoricalCrossEntropy_T" type: "Buffer" shape { dim: -1 dim: 1 } }
+  variable { name: "DW" type: "Buffer" shape { dim: -1 dim: 2 dim: 4 dim: 4 } }
+  variable { name: "Mirror" type: "Buffer" shape { dim: -1 dim: 2 dim: 4 dim: 4 } }
+  variable { name: "Tanh" type: "Buffer" shape { dim: -1 dim: 2 dim: 4 dim: 4 } }
+  variable { name: "Affine" type: "Buffer" shape { dim: -1 dim: 3 } }
+  variable { name: "Softmax" type: "Buffer" shape { dim: -1 dim: 3 } }
+  variable { name: "CategoricalCrossEntropy" type: "Buffer" shape { dim: -1 dim: 1 } }
+  MIDDLE
+  function { name: "Affine" type: "Affine" input: "Tanh" input: "Affine/W" input: "Affine/b"
+    output: "Affine" affine_param { base_axis: 1 } }
+  function { name: "Softmax" type: "Softmax" input: "Affine" output: "Softmax"
+    softmax_param { axis: 1 } }
+  function { name: "CategoricalCrossEntropy" type: "CategoricalCrossEntropy" input: "Softmax"
+    input: "CategoricalCrossEntropy_T" output: "CategoricalCrossEntropy"
+    categorical_cross_entropy_param { axis: 1 } }
+}
+optimizer {
+  name: "Optimizer" network_name: "Main" dataset_name: "Training" update_interval: 1
+  solver { type: "Sgd" sgd_param { lr: 0.1 } }
+  data_variable { variable_name: "Input" data_name: "x" }
+  data_variable { variable_name: "CategoricalCrossEntropy_T" data_name: "y" }
+  loss_variable { variable_name: "CategoricalCrossEntropy" }
+  parameter_variable { variable_name: "DW/W" learning_rate_multiplier: 1 }
+  parameter_variable { variable_name: "DW/W4" learning_rate_multiplier: 1 }
+  parameter_variable { variable_name: "DW/b" learning_rate_multiplier: 1 }
+  parameter_variable { variable_name: "Affine/W" learning_rate_multiplier: 1 }
+  parameter_variable { variable_name: "Affine/b" learning_rate_multiplier: 1 }
+}
+""".replace("MIDDLE", middle)
+    rng = np.random.RandomState(0)
+    shapes = {
+        "DW/W": (2, 3, 3),
+        "DW/W4": (2, 1, 3, 3),
+        "DW/b": (2,),
+        "Affine/W": (32, 3),
+        "Affine/b": (3,),
+    }
+    h5_path = path.with_suffix(".h5")
+    with h5py.File(h5_path, "w") as h5:
+        for index, (name, shape) in enumerate(shapes.items()):
+            h5.create_dataset(name, data=(rng.randn(*shape) * 0.3).astype(np.float32))
+            h5[name].attrs["index"] = index
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("net.nntxt", text)
+        archive.write(h5_path, "parameter.h5")
+
+
+class _ArrayDataset:
+    def __init__(self, n: int, seed: int) -> None:
+        rng = np.random.RandomState(seed)
+        self.x = rng.rand(n, 2, 6, 6).astype(np.float32)
+        self.y = rng.randint(0, 3, (n, 1)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, rows):
+        return {"Input": self.x[rows], "CategoricalCrossEntropy_T": self.y[rows]}
+
+
+def test_depthwise_convolution_is_differentiated_twice_as_grouped_convolution(tmp_path):
+    path = tmp_path / "results.nnp"
+    _write_model(path, _MIDDLE_LAYERS["DepthwiseConvolution"])
+    m = load_model(path)
+    assert [layer.type for layer in m.layers][0] == "DepthwiseConvolution"
+    params = create_parameter_variables(m)
+    step_pass = create_pass(m, params, "auto")
+    assert isinstance(step_pass, AutodiffPass)
+    train, val = _ArrayDataset(40, 0), _ArrayDataset(12, 1)
+    batch = train.batch(np.arange(8))
+    v = _random_direction(params, m.trainable, seed=4)
+    dots, hv = step_pass(batch, v)
+    ref_dots, ref_hv = per_row_reference(m, params, batch, v)
+    np.testing.assert_allclose(dots, ref_dots, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(flat(hv), flat(ref_hv), rtol=1e-4, atol=1e-5)
+    result = run_trial(m, train, val, batch_size=8, seed=0, mode="exact", workdir=tmp_path)
+    truth = LeaveOneOut(m, train, val, batch_size=8, seed=0, epochs=1).changes()
+    assert kendall_tau(result.scores, truth) >= 0.95
+
+
+def test_layer_without_second_order_falls_back_to_finite_differences(tmp_path, caplog):
+    path = tmp_path / "results.nnp"
+    _write_model(path, _MIDDLE_LAYERS["Flip"])
+    m = load_model(path)
+    train, val = _ArrayDataset(40, 0), _ArrayDataset(12, 1)
+    with caplog.at_level("WARNING"):
+        result = run_trial(m, train, val, batch_size=8, seed=0, mode="exact", workdir=tmp_path)
+    assert result.hvp_method == "finite-difference"
+    assert "'Mirror' (Flip)" in caplog.text
+    truth = LeaveOneOut(m, train, val, batch_size=8, seed=0, epochs=1).changes()
+    assert kendall_tau(result.scores, truth) >= 0.95
+    with pytest.raises(InfluenceError, match="'Mirror' \\(Flip\\) has no second-order"):
+        run_trial(m, train, val, batch_size=8, seed=0, hvp="autodiff", workdir=tmp_path)
