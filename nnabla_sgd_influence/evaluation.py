@@ -6,6 +6,8 @@ row is left out of training (Hara et al. 2019, Section 5).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -132,3 +134,72 @@ def reinitialized(model: NnpModel, seed: int) -> NnpModel:
             parameters[name] = value.copy()
     solver = dataclasses.replace(model.solver, state={}, start_iteration=0)
     return dataclasses.replace(model, parameters=parameters, solver=solver)
+
+
+class FirstRows:
+    """The first ``n`` rows of a dataset, seen by the engine as a dataset of its own."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset = dataset
+        self.n = min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
+        if len(rows) and int(np.max(rows)) >= self.n:
+            raise IndexError(f"row {int(np.max(rows))} is beyond the first {self.n} rows")
+        return self.dataset.batch(rows)
+
+
+def with_solver(
+    model: NnpModel, kind: str, hyper_parameters: Dict[str, float], weight_decay: float = 0.0
+) -> NnpModel:
+    """``model`` trained by another nnabla solver, starting without solver state."""
+    import dataclasses
+
+    solver = dataclasses.replace(
+        model.solver,
+        type=kind,
+        hyper_parameters=dict(hyper_parameters),
+        weight_decay=weight_decay,
+        state={},
+    )
+    return dataclasses.replace(model, solver=solver)
+
+
+@dataclass
+class Agreement:
+    tau: float  # Kendall's tau between estimated and true influence
+    jaccard: float  # of the 10 most positive and 10 most negative rows
+
+
+def agreement_with_leave_one_out(
+    model: NnpModel,
+    train,
+    val,
+    *,
+    epochs: int,
+    mode: str,
+    workdir: Path,
+    batch_size: int = 64,
+    seed: int = 0,
+    model_solver: bool = True,
+) -> Agreement:
+    """How well one trial's scores rank rows like leave-one-out retraining does."""
+    from .engine import run_trial
+
+    truth = LeaveOneOut(model, train, val, batch_size=batch_size, seed=seed, epochs=epochs)
+    changes = truth.changes()
+    estimate = run_trial(
+        model,
+        train,
+        val,
+        batch_size=batch_size,
+        seed=seed,
+        epochs=epochs,
+        mode=mode,
+        workdir=workdir,
+        model_solver=model_solver,
+    ).scores
+    return Agreement(kendall_tau(estimate, changes), extreme_jaccard(estimate, changes))

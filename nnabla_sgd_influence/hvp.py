@@ -34,6 +34,7 @@ class _SecondOrderGraph:
     inputs: Dict[str, object]
     weights: object  # w, shape (batch,)
     weighted_loss: object  # L = sum_i w_i l_i
+    gradients: List[object]  # dL/dtheta, kept after the forward pass
     directions: List[object]  # v, one variable per trainable parameter
     directional: object  # s = <v, dL/dtheta>
 
@@ -57,11 +58,28 @@ class AutodiffPass:
         return self._graphs[batch_size]
 
     def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
-        graph = self.graph(_batch_size(batch))
+        self.prepare(batch)
+        return self.finish(v)
+
+    def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """Forward pass on ``batch``; returns the batch gradient sum_i g_i (a by-product)."""
+        graph = self._current = self.graph(_batch_size(batch))
         _feed(graph.inputs, batch)
+        graph.directional.forward(clear_no_need_grad=True)
+        return [
+            g.d.astype(np.float64) if g is not None else np.zeros(p.shape)
+            for g, p in zip(graph.gradients, self.theta)
+        ]
+
+    def finish(self, v: Sequence[np.ndarray]) -> PassResult:
+        """Backward pass of s for the batch of :meth:`prepare`: (<v, g_i> per row, sum H_i v).
+
+        v only enters the backward pass (ds/dG = v), so it may be chosen after the forward
+        pass, e.g. from the batch gradient.
+        """
+        graph = self._current
         for variable, value in zip(graph.directions, v):
             variable.d = value
-        graph.directional.forward(clear_no_need_grad=True)
         graph.weights.grad.zero()
         for p in self.theta:
             p.grad.zero()
@@ -102,8 +120,20 @@ class FiniteDifferencePass:
         return self._graphs[batch_size]
 
     def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
-        graph, total = self._graph(_batch_size(batch))
+        self._current = self._graph(_batch_size(batch))
+        _feed(self._current[0].inputs, batch)
+        return self.finish(v)
+
+    def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """Feed ``batch``; returns the batch gradient sum_i g_i at theta."""
+        graph, total = self._current = self._graph(_batch_size(batch))
         _feed(graph.inputs, batch)
+        base = [p.d.copy() for p in self.theta]
+        return self._at(base, [np.zeros_like(a) for a in base], 0.0, graph, total, True)[1]
+
+    def finish(self, v: Sequence[np.ndarray]) -> PassResult:
+        """(<v, g_i> per row, sum_i H_i v) for the batch fed last."""
+        graph, total = self._current
         base = [p.d.copy() for p in self.theta]
         v_norm = _norm(v)
         if v_norm == 0.0:
@@ -232,13 +262,16 @@ def _build_second_order_graph(model, params, theta, batch_size: int) -> _SecondO
     weights = nn.Variable.from_numpy_array(np.ones(batch_size, dtype=np.float32), need_grad=True)
     weighted = F.sum(weights * graph.per_sample_loss)
     gradients = nn.grad([weighted], theta)
+    for g in gradients:
+        if g is not None:
+            g.persistent = True  # read after the forward pass (the batch gradient)
     directions = [nn.Variable(p.shape) for p in theta]
     # A parameter the loss does not reach gets no gradient graph, and contributes nothing.
     terms = [
         F.sum(g * d) for g, d in zip(gradients, directions) if g is not None and g.shape == d.shape
     ]
     directional = terms[0] if len(terms) == 1 else F.add_n(*terms)
-    return _SecondOrderGraph(graph.inputs, weights, weighted, directions, directional)
+    return _SecondOrderGraph(graph.inputs, weights, weighted, gradients, directions, directional)
 
 
 def _feed(inputs: Dict[str, object], batch: Dict[str, np.ndarray]) -> None:

@@ -1,15 +1,18 @@
 """Stage 5: retrace the recorded training backwards (Hara et al. 2019, Algorithm 2).
 
 Generalized to the solvers of :mod:`.solvers`, whose linearized step is
-``m' = beta m + c g``, ``theta' = (1 - d) theta - p m' - q m`` with
-``g = (1/|S|) sum_{i in S} w_i g_i(theta) + lambda theta``. Going backwards with the adjoints
-``a_theta`` (start: u) and ``a_m`` (start: 0) of the final validation loss::
+``m' = beta m + c g``, ``s' = rho s + kappa g^2``, ``theta' = (1 - d) theta - p m' - q m`` (p
+depending on s') with ``g = (1/|S|) sum_{i in S} w_i g_i(theta) + lambda theta``. Going backwards
+with the adjoints ``a_theta`` (start: u), ``a_m`` and ``a_s`` (start: 0) of the final validation
+loss, where r = s_slope * m' is d theta'/d s'::
 
     b        = a_m - p * a_theta          # total derivative with respect to m'
-    v        = c * b                      # ... and with respect to g
+    b_s      = a_s + r * a_theta          # ... with respect to s'
+    v        = c * b + 2 kappa g * b_s    # ... and with respect to g
     infl_j  -= <v, g_j(theta_t)> / |S|    # removing row j sets w_j from 1 to 0
     a_theta  = (1 - d) a_theta + (1/|S|) sum_i H_i v + lambda v
     a_m      = beta * b - q * a_theta'    # a_theta' is the adjoint before this step's update
+    a_s      = rho * b_s
 
 For plain SGD (beta = 0, c = 1, p = lr) this is exactly Algorithm 2:
 infl_j += (lr/|S|) <u, g_j>, u <- u - (lr/|S|) sum_i H_i u - lr lambda u.
@@ -18,7 +21,7 @@ Weight decay belongs to the solver: it enters the adjoint update, never a row's 
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 from tqdm import tqdm
@@ -44,26 +47,43 @@ def retrace(
     theta = [params[n] for n in model.trainable]
     untouched = _non_trainable_snapshot(model, params)
     spec = model.solver
+    decay = spec.weight_decay
     scores = np.zeros(len(train))
     a_theta = [np.asarray(a, dtype=np.float64) for a in u]
     a_m = [np.zeros_like(a) for a in a_theta]
+    a_s = [np.zeros_like(a) for a in a_theta]
     _set(theta, run.final_theta)
     snapshots = snapshots_in_reverse(run) if run.mode == "exact" else None
     try:
         for step in tqdm(run.steps[::-1], desc=f"{label} retrace".strip(), leave=False):
-            moment: Optional[List[np.ndarray]] = run.final_second_moment
+            state = run.final_state
             if snapshots is not None:
-                theta_t, moment = next(snapshots)
+                theta_t, state = next(snapshots)
                 _set(theta, theta_t)
             update = linearize(
-                spec, step.learning_rate, step.solver_step, moment, len(theta), model_solver
+                spec, step.learning_rate, step.solver_step, state, len(theta), model_solver
             )
+            size = len(step.rows)
+            batch = train.batch(step.rows)
             b = [am - p * at for am, p, at in zip(a_m, update.p, a_theta)]
             v = [update.c * x for x in b]
-            dots, hv = step_pass(train.batch(step.rows), [x.astype(np.float32) for x in v])
-            size = len(step.rows)
+            if update.s_slope is None:
+                dots, hv = step_pass(batch, _float32(v))
+            else:
+                # The solver's own gradient: batch mean plus weight decay, at theta_t.
+                g = [
+                    total / size + decay * p.d.astype(np.float64)
+                    for total, p in zip(step_pass.prepare(batch), theta)
+                ]
+                numerator = update.s_numerator or g
+                b_s = [
+                    s + slope * n * at
+                    for s, slope, n, at in zip(a_s, update.s_slope, numerator, a_theta)
+                ]
+                v = [x + 2.0 * update.s_gain * gi * bs for x, gi, bs in zip(v, g, b_s)]
+                a_s = [update.s_rate * bs for bs in b_s]
+                dots, hv = step_pass.finish(_float32(v))
             scores[step.rows] -= dots / size
-            decay = spec.weight_decay
             new_a_theta = [
                 (1.0 - update.d) * at + h / size + decay * x for at, h, x in zip(a_theta, hv, v)
             ]
@@ -76,6 +96,10 @@ def retrace(
         _set(theta, run.final_theta)
         _restore(params, untouched)
     return scores
+
+
+def _float32(arrays: List[np.ndarray]) -> List[np.ndarray]:
+    return [a.astype(np.float32) for a in arrays]
 
 
 def _set(variables, arrays) -> None:

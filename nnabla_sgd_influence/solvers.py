@@ -23,8 +23,12 @@ Adagrad        0       1          lr / (sqrt(v) + eps)                          
 =============  ======  =========  ====================================================  ======
 
 ``t`` is the solver's step count after the update and ``v``/``u``/``v_hat`` its second-moment
-state after the update. The preconditioner is held fixed: its own dependence on the gradient
-(through ``v``) is dropped, which is the linearization used here. Other nnabla solvers
+state after the update. For Adam, AdamW, RMSprop and Adagrad the preconditioner's own
+dependence on the gradient is kept too: with ``s' = rho s + kappa g^2`` and
+``theta' = ... - k m' / (sqrt(s') + eps)``, a change of g also moves s', by ``2 kappa g``, and
+theta' by ``k m' / (2 sqrt(s') (sqrt(s') + eps)^2)`` per unit of s' (the ``s_slope`` below, times
+``m'``, or times g when the solver has no momentum). With a small eps this term is as large as
+the direct one. AMSGRAD and Adamax keep their preconditioner fixed. Other nnabla solvers
 (Adadelta, AdaBelief, AdaBound, AMSBound, RMSpropGraves, Lars, Lamb, Lion) are retraced as
 plain SGD at their scheduled learning rate, with a warning: their scores are rougher.
 """
@@ -34,7 +38,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -67,6 +71,16 @@ _SECOND_MOMENT = {
 }
 
 
+# Second-moment dynamics s' = rho * s + kappa * g^2, per solver, from its hyper-parameters.
+_SECOND_MOMENT_DYNAMICS = {
+    "Adam": lambda h: (h["beta2"], 1.0 - h["beta2"]),
+    "AdamW": lambda h: (h["beta2"], 1.0 - h["beta2"]),
+    "RMSprop": lambda h: (h["decay"], 1.0 - h["decay"]),
+    "Adagrad": lambda h: (1.0, 1.0),
+}
+_MOMENTUM_STATE = {"Adam": "mean", "AdamW": "mean"}
+
+
 @dataclass
 class StepUpdate:
     """Coefficients of one linearized solver step (see the module docstring)."""
@@ -76,6 +90,11 @@ class StepUpdate:
     p: List[np.ndarray]  # per trainable parameter; 0-d arrays for scalars
     q: Optional[List[np.ndarray]]
     d: float
+    # Dependence of the preconditioner on the gradient (None: held fixed).
+    s_rate: float = 0.0  # rho
+    s_gain: float = 0.0  # kappa
+    s_slope: Optional[List[np.ndarray]] = None  # k / (2 sqrt(s') (sqrt(s') + eps)^2)
+    s_numerator: Optional[List[np.ndarray]] = None  # m' (None: the step's gradient g)
 
 
 def initial_learning_rate(spec: SolverSpec) -> float:
@@ -156,9 +175,12 @@ def learning_rate_schedule(spec: SolverSpec) -> Callable[[int], float]:
     return lambda iteration: float(scheduler.get_learning_rate(iteration))
 
 
-def preconditioner_state_name(spec: SolverSpec) -> Optional[str]:
-    """The solver-state array the linearization reads, or None when it needs none."""
-    return _SECOND_MOMENT.get(spec.type)
+def retrace_state_names(spec: SolverSpec) -> List[str]:
+    """The solver-state arrays the linearization reads after each update."""
+    names = [_SECOND_MOMENT[spec.type]] if spec.type in _SECOND_MOMENT else []
+    if spec.type in _MOMENTUM_STATE:
+        names.append(_MOMENTUM_STATE[spec.type])
+    return names
 
 
 def warn_if_not_modeled(spec: SolverSpec) -> None:
@@ -173,23 +195,22 @@ def linearize(
     spec: SolverSpec,
     learning_rate: float,
     step_count: int,
-    second_moment: Optional[Sequence[np.ndarray]],
+    state: Dict[str, List[np.ndarray]],
     n_params: int,
     model_solver: bool = True,
 ) -> StepUpdate:
     """Coefficients of one step at ``learning_rate``; ``step_count`` is the solver's t after it.
 
-    ``second_moment`` holds the state array named by :func:`preconditioner_state_name`, per
+    ``state`` holds the arrays named by :func:`retrace_state_names` after the update, per
     trainable parameter. With ``model_solver=False`` every solver is treated as plain SGD
     (kept to measure what the linearization buys).
     """
     h = spec.hyper_parameters
     lr = float(learning_rate)
     kind = spec.type if model_solver else "Sgd"
-    scalar = np.asarray
 
     def same(value: float) -> List[np.ndarray]:
-        return [scalar(value, dtype=np.float64)] * n_params
+        return [np.asarray(value, dtype=np.float64)] * n_params
 
     if kind in ("Momentum", "SgdW"):
         decay = lr / initial_learning_rate(spec) * h.get("wd", 0.0) if kind == "SgdW" else 0.0
@@ -197,25 +218,32 @@ def linearize(
     if kind == "Nesterov":
         gamma = h["momentum"]
         return StepUpdate(beta=gamma, c=lr, p=same(1.0 + gamma), q=same(-gamma), d=0.0)
-    if kind in _SECOND_MOMENT:
-        if second_moment is None:
-            raise ValueError(f"{kind} needs its second-moment state")
-        eps = h.get("eps", 1e-8)
-        t = max(int(step_count), 1)
-        if kind in ("Adam", "AdamW"):
-            b1, b2 = h["beta1"], h["beta2"]
-            scale = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
-            p = [scale / (np.sqrt(np.maximum(v, 0.0)) + eps) for v in second_moment]
-        elif kind == "AMSGRAD":
-            b1 = h["beta1"]
-            p = [lr / (np.sqrt(np.maximum(v, 0.0)) + eps) for v in second_moment]
-        elif kind == "Adamax":
-            b1 = h["beta1"]
-            p = [lr / (1.0 - b1**t) / (np.abs(u) + eps) for u in second_moment]
-        else:  # RMSprop, Adagrad
-            p = [lr / (np.sqrt(np.maximum(v, 0.0)) + eps) for v in second_moment]
-        if kind in ("RMSprop", "Adagrad"):
-            return StepUpdate(beta=0.0, c=1.0, p=p, q=None, d=0.0)
-        decay = lr / initial_learning_rate(spec) * h.get("wd", 0.0) if kind == "AdamW" else 0.0
-        return StepUpdate(beta=b1, c=1.0 - b1, p=p, q=None, d=decay)
-    return StepUpdate(beta=0.0, c=1.0, p=same(lr), q=None, d=0.0)
+    if kind not in _SECOND_MOMENT:
+        return StepUpdate(beta=0.0, c=1.0, p=same(lr), q=None, d=0.0)
+
+    second = [np.asarray(a, dtype=np.float64) for a in state[_SECOND_MOMENT[kind]]]
+    eps = h.get("eps", 1e-8)
+    t = max(int(step_count), 1)
+    if kind in ("Adam", "AdamW"):
+        b1, b2 = h["beta1"], h["beta2"]
+        k = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+        beta, c = b1, 1.0 - b1
+    elif kind == "AMSGRAD":
+        k, beta, c = lr, h["beta1"], 1.0 - h["beta1"]
+    elif kind == "Adamax":
+        k, beta, c = lr / (1.0 - h["beta1"] ** t), h["beta1"], 1.0 - h["beta1"]
+    else:  # RMSprop, Adagrad
+        k, beta, c = lr, 0.0, 1.0
+    if kind == "Adamax":
+        roots = [np.abs(u) for u in second]
+    else:
+        roots = [np.sqrt(np.maximum(v, 0.0)) for v in second]
+    p = [k / (root + eps) for root in roots]
+    decay = lr / initial_learning_rate(spec) * h.get("wd", 0.0) if kind == "AdamW" else 0.0
+    update = StepUpdate(beta=beta, c=c, p=p, q=None, d=decay)
+    if kind in _SECOND_MOMENT_DYNAMICS:
+        update.s_rate, update.s_gain = _SECOND_MOMENT_DYNAMICS[kind](h)
+        update.s_slope = [k / (2.0 * np.maximum(root, 1e-30) * (root + eps) ** 2) for root in roots]
+        if kind in _MOMENTUM_STATE:
+            update.s_numerator = [np.asarray(m, np.float64) for m in state[_MOMENTUM_STATE[kind]]]
+    return update

@@ -2,9 +2,9 @@
 
 Retraining starts from the ``.nnp``'s parameters and solver state and continues its learning-rate
 schedule. Each step's rows, learning rate and solver step count are recorded. Mode ``last``
-keeps only the final parameters (and the final second-moment state of adaptive solvers);
-mode ``exact`` also writes theta_t and the solver's second moment of every step to disk, one file
-per step, so that the retrace can stream them back in reverse without holding them in memory.
+keeps only the final parameters (and the final moments of adaptive solvers); mode ``exact``
+also writes theta_t and the solver's moments after every step to disk, one file per step, so
+that the retrace can stream them back in reverse without holding them in memory.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .datasets import Dataset
 from .errors import InfluenceError
 from .model import NnpModel, build_graph
-from .solvers import create_solver, learning_rate_schedule, preconditioner_state_name
+from .solvers import create_solver, learning_rate_schedule, retrace_state_names
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TrainingRun:
 
     steps: List[Step]
     final_theta: List[np.ndarray]  # trainable parameters after the last step
-    final_second_moment: Optional[List[np.ndarray]]
+    final_state: Dict[str, List[np.ndarray]]  # solver arrays the retrace reads, by state name
     mode: str
     snapshot_dir: Optional[Path] = None
     stored_bytes: int = 0
@@ -90,7 +90,7 @@ def retrain(
     trainable = {name: params[name] for name in model.trainable}
     solver = create_solver(spec, trainable)
     schedule = learning_rate_schedule(spec)
-    moment_name = preconditioner_state_name(spec)
+    state_names = retrace_state_names(spec)
     snapshots = _SnapshotWriter(Path(workdir) / f"snapshots-{seed}") if mode == "exact" else None
 
     graphs: Dict[int, Tuple[object, object]] = {}
@@ -120,15 +120,16 @@ def retrain(
         steps.append(Step(epoch, step_in_epoch, iteration, learning_rate, rows, solver_step))
         step_in_epoch += 1
         if snapshots is not None:
-            snapshots.write(theta_before, _second_moment(solver, model.trainable, moment_name))
+            snapshots.write(theta_before, _solver_state(solver, model.trainable, state_names))
 
-    final_moment = _second_moment(solver, model.trainable, moment_name)
+    final_state = _solver_state(solver, model.trainable, state_names)
     final_theta = [trainable[n].d.copy() for n in model.trainable]
-    kept = sum(a.nbytes for a in final_theta) + sum(a.nbytes for a in final_moment or [])
+    kept = sum(a.nbytes for a in final_theta)
+    kept += sum(a.nbytes for arrays in final_state.values() for a in arrays)
     return TrainingRun(
         steps=steps,
         final_theta=final_theta,
-        final_second_moment=final_moment,
+        final_state=final_state,
         mode=mode,
         snapshot_dir=snapshots.folder if snapshots else None,
         stored_bytes=snapshots.bytes_written if snapshots else kept,
@@ -151,15 +152,18 @@ def _solver_step(solver, names: Sequence[str]) -> int:
     return int(states[names[0]].t) if names and names[0] in states else 0
 
 
-def _second_moment(solver, names: Sequence[str], state_name: Optional[str]):
-    if state_name is None:
-        return None
+def _solver_state(
+    solver, names: Sequence[str], state_names: Sequence[str]
+) -> Dict[str, List[np.ndarray]]:
     states = solver.get_states()
-    return [np.array(states[n].pstate[state_name].data.get_data("r")) for n in names]
+    return {
+        key: [np.array(states[n].pstate[key].data.get_data("r")) for n in names]
+        for key in state_names
+    }
 
 
 class _SnapshotWriter:
-    """Writes one ``.npy`` per step: theta_t followed by the second moment, flattened."""
+    """Writes one ``.npy`` per step: theta_t, then each solver-state array, flattened."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -167,8 +171,9 @@ class _SnapshotWriter:
         self.count = 0
         self.bytes_written = 0
 
-    def write(self, theta: List[np.ndarray], moment: Optional[List[np.ndarray]]) -> None:
-        parts = [a.ravel() for a in theta] + [a.ravel() for a in moment or []]
+    def write(self, theta: List[np.ndarray], state: Dict[str, List[np.ndarray]]) -> None:
+        parts = [a.ravel() for a in theta]
+        parts += [a.ravel() for key in sorted(state) for a in state[key]]
         path = self.folder / f"{self.count:07d}.npy"
         np.save(path, np.concatenate(parts).astype(np.float32))
         self.bytes_written += path.stat().st_size
@@ -177,15 +182,16 @@ class _SnapshotWriter:
 
 def snapshots_in_reverse(
     run: TrainingRun,
-) -> Iterator[Tuple[List[np.ndarray], Optional[List[np.ndarray]]]]:
-    """theta_t and second moment of every step, last step first (mode ``exact``)."""
+) -> Iterator[Tuple[List[np.ndarray], Dict[str, List[np.ndarray]]]]:
+    """theta_t and the solver state of every step, last step first (mode ``exact``)."""
     sizes = [int(np.prod(s)) for s in run.shapes]
-    has_moment = run.final_second_moment is not None
     for index in range(len(run.steps) - 1, -1, -1):
         flat = np.load(run.snapshot_dir / f"{index:07d}.npy")
         theta, offset = _split(flat, 0, sizes, run.shapes)
-        moment = _split(flat, offset, sizes, run.shapes)[0] if has_moment else None
-        yield theta, moment
+        state = {}
+        for key in sorted(run.final_state):
+            state[key], offset = _split(flat, offset, sizes, run.shapes)
+        yield theta, state
 
 
 def _split(flat: np.ndarray, offset: int, sizes: List[int], shapes) -> Tuple[List[np.ndarray], int]:

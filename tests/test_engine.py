@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from influence_reference import Subset
 
 from nnabla_sgd_influence.datasets import load_dataset
 from nnabla_sgd_influence.engine import run_trial
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.evaluation import LeaveOneOut, flat, kendall_tau
+from nnabla_sgd_influence.evaluation import FirstRows, LeaveOneOut, flat, kendall_tau
 from nnabla_sgd_influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
@@ -107,7 +106,7 @@ def test_one_sgd_step_is_exact_for_a_linear_objective(samples_dir, tmp_path):
     # A large step keeps the float32 change of theta well above rounding.
     solver = dataclasses.replace(m.solver, hyper_parameters={"lr": 50.0})
     m = dataclasses.replace(m, solver=solver)
-    train = Subset(train, 24)
+    train = FirstRows(train, 24)
     params = create_parameter_variables(m)
     run = retrain(m, params, train, batch_size=24, seed=0, mode="exact", workdir=tmp_path)
     assert len(run.steps) == 1
@@ -128,7 +127,7 @@ def test_one_sgd_step_is_exact_for_a_linear_objective(samples_dir, tmp_path):
 
 def test_retrace_leaves_parameters_and_batch_statistics_unchanged(samples_dir, tmp_path):
     m, train, val = _load(samples_dir, "digits_cnn", "digits")
-    train = Subset(train, 64)
+    train = FirstRows(train, 64)
     params = create_parameter_variables(m)
     run = retrain(m, params, train, batch_size=32, seed=0, epochs=1)
     after_training = {k: v.d.copy() for k, v in params.items()}
@@ -166,7 +165,7 @@ def test_finite_difference_ranking_agrees_with_autodiff(samples_dir, tmp_path, m
     """On smooth networks (tanh, sigmoid); see the README for ReLU/max-pooling networks."""
     data = "cancer"
     m, train, val = _load(samples_dir, model, data)
-    train = Subset(train, 256)
+    train = FirstRows(train, 256)
     runs = {
         method: run_trial(m, train, val, batch_size=32, seed=0, hvp=method, workdir=tmp_path)
         for method in ("autodiff", "finite-difference")

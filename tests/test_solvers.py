@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-from influence_reference import Subset
 
 from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.engine import run_trial
-from nnabla_sgd_influence.evaluation import LeaveOneOut, kendall_tau
+from nnabla_sgd_influence.evaluation import (
+    FirstRows,
+    LeaveOneOut,
+    agreement_with_leave_one_out,
+    with_solver,
+)
 from nnabla_sgd_influence.model import SolverSpec, load_model
-from nnabla_sgd_influence.solvers import create_solver, linearize, preconditioner_state_name
+from nnabla_sgd_influence.solvers import create_solver, linearize, retrace_state_names
 
 ADAM = {"alpha": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 SOLVERS = {
@@ -37,15 +38,21 @@ def _spec(kind: str, hyper: dict, weight_decay: float = 0.0) -> SolverSpec:
 
 @pytest.mark.parametrize("kind", sorted(SOLVERS))
 def test_linearized_step_matches_nnabla_update(kind):
-    """d theta' / d g from two real nnabla updates equals -p * c of the linearization."""
+    """d theta' / d g from two real nnabla updates equals the linearization's.
+
+    Second moments are of the order of g^2, so that for Adam, AdamW, RMSprop and Adagrad the
+    preconditioner's own response to g matters; AMSGRAD and Adamax hold theirs fixed, so they
+    get second moments far above g^2.
+    """
     import nnabla as nn
 
     spec = _spec(kind, SOLVERS[kind])
     rng = np.random.RandomState(0)
     gradient = rng.randn(6).astype(np.float32)
     delta = np.zeros(6, np.float32)
-    delta[2] = 1e-2
+    delta[2] = 1e-3
     learning_rate, prior_steps = 0.004, 9
+    fixed = kind in ("AMSGRAD", "Adamax")
 
     def step(g):
         p = nn.Variable.from_numpy_array(np.zeros(6, np.float32), need_grad=True)
@@ -55,24 +62,32 @@ def test_linearized_step_matches_nnabla_update(kind):
         state = solver.get_states()["w"]
         state.t = prior_steps
         for key, value in state.pstate.items():
-            # Large second moments make the preconditioner's own change negligible.
-            fill = 1e4 if key in ("var", "v", "v_hat", "u") else 0.3
+            second = key in ("var", "v", "v_hat", "u")
+            fill = (1e4 if fixed else 1e-3 if "Adam" in kind else 0.5) if second else 0.3
             value.data.copy_from(nn.NdArray.from_numpy_array(np.full(6, fill, np.float32)))
         solver.set_states({"w": state})
         solver.set_learning_rate(learning_rate)
         p.d = np.zeros(6)
         p.grad.copy_from(nn.NdArray.from_numpy_array(g))
         solver.update()
-        moment = preconditioner_state_name(spec)
         after = solver.get_states()["w"]
-        second = [np.array(after.pstate[moment].data.get_data("r"))] if moment else None
-        return p.d.astype(np.float64), after.t, second
+        arrays = {
+            key: [np.array(after.pstate[key].data.get_data("r"))]
+            for key in retrace_state_names(spec)
+        }
+        return p.d.astype(np.float64), after.t, arrays
 
-    base, t, second = step(gradient)
+    base, t, state = step(gradient)
     moved, _, _ = step(gradient + delta)
-    update = linearize(spec, learning_rate, t, second, 1)
-    expected = -np.broadcast_to(update.p[0], (6,))[2] * update.c * delta[2]
-    assert (moved - base)[2] == pytest.approx(expected, rel=2e-3)
+    update = linearize(spec, learning_rate, t, state, 1)
+    slope = -np.broadcast_to(update.p[0], (6,))[2] * update.c
+    if update.s_slope is not None:
+        numerator = (update.s_numerator or [gradient.astype(np.float64)])[0][2]
+        slope += update.s_slope[0][2] * numerator * 2.0 * update.s_gain * gradient[2]
+        assert abs(
+            update.s_slope[0][2] * numerator * 2.0 * update.s_gain * gradient[2]
+        ) > 0.05 * abs(update.p[0][2] * update.c)  # the preconditioner term is not negligible here
+    assert (moved - base)[2] / delta[2] == pytest.approx(slope, rel=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +95,7 @@ def mlp_problem(samples_dir):
     model = load_model(samples_dir / "models" / "cancer_mlp" / "results.nnp")
     train = load_dataset(samples_dir / "cancer" / "train.csv", model.data_variables)
     val = load_dataset(samples_dir / "cancer" / "val.csv", model.data_variables, role="input-val")
-    return model, Subset(train, 200), val
+    return model, FirstRows(train, 200), val
 
 
 @pytest.mark.parametrize(
@@ -89,24 +104,10 @@ def mlp_problem(samples_dir):
 def test_retrace_of_each_solver_against_leave_one_out(mlp_problem, tmp_path, kind, weight_decay):
     """An MLP trained 3 epochs with ``kind``, then retrained 1 epoch: tau of modeled vs plain."""
     model, train, val = mlp_problem
-    spec = _spec(kind, SOLVERS[kind], weight_decay)
-    spec = dataclasses.replace(spec, proto=model.solver.proto)
-    start = dataclasses.replace(model, solver=spec)
+    start = with_solver(model, kind, SOLVERS[kind], weight_decay)
     trained = LeaveOneOut(start, train, val, batch_size=32, seed=7, epochs=3).trained_model()
-    truth = LeaveOneOut(trained, train, val, batch_size=64, seed=0, epochs=1).changes()
-    taus = {}
-    for modeled in (True, False):
-        scores = run_trial(
-            trained,
-            train,
-            val,
-            batch_size=64,
-            seed=0,
-            mode="exact",
-            workdir=tmp_path,
-            model_solver=modeled,
-        ).scores
-        taus[modeled] = kendall_tau(scores, truth)
-    print(f"{kind} wd={weight_decay}: tau {taus[True]:.3f} (as plain SGD {taus[False]:.3f})")
-    assert taus[True] >= 0.88
-    assert taus[True] >= taus[False] - 0.01
+    common = dict(epochs=1, mode="exact", workdir=tmp_path)
+    modeled = agreement_with_leave_one_out(trained, train, val, **common).tau
+    plain = agreement_with_leave_one_out(trained, train, val, model_solver=False, **common).tau
+    assert modeled >= 0.88  # measured 0.90 (Adamax) to 0.996 (SgdW)
+    assert modeled >= plain - 0.01
