@@ -16,8 +16,12 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, List, Tuple
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,7 +50,15 @@ OTHER_SOLVERS = {
     "Adadelta": {"lr": 1.0, "decay": 0.95, "eps": 1e-6},
 }
 
-Case = Tuple[str, str, Callable[[], tuple], int, Tuple[str, ...], bool]
+
+@dataclass
+class Case:
+    model: str
+    setting: str  # what is retrained and retraced
+    problem: Callable[[], tuple]  # -> (model, train, val)
+    epochs: int
+    modes: Tuple[str, ...]
+    compare_plain_sgd: bool  # also retrace as if the solver were plain SGD
 
 
 def samples() -> Path:
@@ -73,55 +85,76 @@ def pretrained(model: NnpModel, train, val, kind: str, hyper: dict, epochs: int)
 
 
 def cases(root: Path, quick: bool) -> Iterator[Case]:
-    """(model, setting, problem factory, epochs, modes, compare plain SGD retrace)."""
+    both = ("exact", "last")
     for name in ("cancer_logreg", "cancer_mlp"):
-        yield (
-            name,
-            "SGD, 1 epoch from the trained model",
-            lambda n=name: problem(root, n, "cancer"),
-            1,
-            ("exact", "last"),
-            False,
-        )
+        trained = partial(problem, root, name, "cancer")
+        yield Case(name, "SGD, 1 epoch from the trained model", trained, 1, both, False)
+        scratch = partial(_reinitialized, trained)
+        yield Case(name, "SGD, 10 epochs from scratch", scratch, 10, both, False)
 
-        def scratch(n=name):
-            model, train, val = problem(root, n, "cancer")
-            return reinitialized(model, seed=0), train, val
+    adam_mlp = partial(_pretrained, partial(problem, root, "cancer_mlp", "cancer"), "Adam", ADAM, 5)
+    yield Case("cancer_mlp", "Adam, 1 epoch from an Adam-trained model", adam_mlp, 1, both, True)
 
-        yield name, "SGD, 10 epochs from scratch", scratch, 10, ("exact", "last"), False
-
-    def adam_mlp():
-        model, train, val = problem(root, "cancer_mlp", "cancer")
-        return pretrained(model, train, val, "Adam", ADAM, 5), train, val
-
-    yield (
-        "cancer_mlp",
-        "Adam, 1 epoch from an Adam-trained model",
-        adam_mlp,
-        1,
-        (
-            "exact",
-            "last",
-        ),
-        True,
-    )
-    yield (
-        "digits_cnn",
-        "Adam + BatchNorm, 1 epoch from the trained model",
-        lambda: problem(root, "digits_cnn", "digits"),
-        1,
-        ("exact", "last"),
-        True,
-    )
+    cnn = partial(problem, root, "digits_cnn", "digits")
+    setting = "Adam (eps 1e-8) + BatchNorm, 1 epoch from the trained model"
+    yield Case("digits_cnn", setting, cnn, 1, both, True)
+    small_sgd = partial(_with_solver, cnn, "Sgd", {"lr": 0.002})
+    setting = "SGD lr 0.002 + BatchNorm, 1 epoch from the trained model"
+    yield Case("digits_cnn", setting, small_sgd, 1, ("exact",), False)
+    smooth_adam = partial(_pretrained, cnn, "Adam", {**ADAM, "eps": 1e-4}, 2)
+    setting = "Adam (eps 1e-4) + BatchNorm, 1 epoch after 2 epochs of it"
+    yield Case("digits_cnn", setting, smooth_adam, 1, ("exact",), True)
     if quick:
         return
+    mlp = partial(problem, root, "cancer_mlp", "cancer")
     for kind, hyper in OTHER_SOLVERS.items():
+        setting = f"{kind}, 1 epoch after 3 epochs of {kind}"
+        yield Case(
+            "cancer_mlp", setting, partial(_pretrained, mlp, kind, hyper, 3), 1, ("exact",), True
+        )
 
-        def other(kind=kind, hyper=hyper):
-            model, train, val = problem(root, "cancer_mlp", "cancer")
-            return pretrained(model, train, val, kind, hyper, 3), train, val
 
-        yield "cancer_mlp", f"{kind}, 1 epoch after 3 epochs of {kind}", other, 1, ("exact",), True
+def _reinitialized(load: Callable[[], tuple]) -> tuple:
+    model, train, val = load()
+    return reinitialized(model, seed=0), train, val
+
+
+def _with_solver(load: Callable[[], tuple], kind: str, hyper: dict) -> tuple:
+    model, train, val = load()
+    return with_solver(model, kind, hyper), train, val
+
+
+def _pretrained(load: Callable[[], tuple], kind: str, hyper: dict, epochs: int) -> tuple:
+    model, train, val = load()
+    return pretrained(model, train, val, kind, hyper, epochs), train, val
+
+
+def linearity_of_the_truth(root: Path, work: Path) -> List[str]:
+    """For the sample CNN under its own Adam: is a row's effect linear in its weight?
+
+    Compares removing the row (weight 0) with ten times the effect of weight 0.9, for the rows
+    with the most negative, the most positive and middling estimates.
+    """
+    from nnabla_sgd_influence.engine import run_trial
+
+    model, train, val = problem(root, "digits_cnn", "digits")
+    truth = LeaveOneOut(model, train, val, batch_size=64, seed=0, epochs=1)
+    base = truth.validation_loss()
+    scores = run_trial(model, train, val, batch_size=64, seed=0, mode="exact", workdir=work).scores
+    order = np.argsort(scores)
+    rows = list(order[:3]) + list(order[N_ROWS // 2 : N_ROWS // 2 + 3]) + list(order[-3:])
+    lines = [
+        "Linearity of the ground truth, digits_cnn with its Adam (eps 1e-8), 1 epoch:",
+        "",
+        "| row | estimate | removed (weight 0) | 10 x (weight 0.9) |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        removed = truth.validation_loss(row) - base
+        tenth = 10 * (truth.validation_loss(row, weight=0.9) - base)
+        lines.append(f"| {row} | {scores[row]:.2e} | {removed:.2e} | {tenth:.2e} |")
+    print("\n".join(lines), flush=True)
+    return lines
 
 
 def main(argv: List[str] = None) -> int:
@@ -139,23 +172,24 @@ def main(argv: List[str] = None) -> int:
     print("\n".join(lines), flush=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        for model_name, setting, factory, epochs, modes, compare in cases(root, args.quick):
-            model, train, val = factory()
-            for mode in modes:
-                common = dict(epochs=epochs, mode=mode, workdir=Path(work))
+        for case in cases(root, args.quick):
+            model, train, val = case.problem()
+            for mode in case.modes:
+                common = dict(epochs=case.epochs, mode=mode, workdir=Path(work))
                 result = agreement_with_leave_one_out(model, train, val, **common)
                 plain = "-"
-                if compare:
+                if case.compare_plain_sgd:
                     other = agreement_with_leave_one_out(
                         model, train, val, model_solver=False, **common
                     )
                     plain = f"{other.tau:.3f}"
                 line = (
-                    f"| {model_name} | {setting} | {mode} | {result.tau:.3f} | "
+                    f"| {case.model} | {case.setting} | {mode} | {result.tau:.3f} | "
                     f"{result.jaccard:.2f} | {plain} |"
                 )
                 print(line, flush=True)
                 lines.append(line)
+        lines += ["", *linearity_of_the_truth(root, Path(work))]
     lines += ["", f"({time.perf_counter() - start:.0f} s)"]
     print(lines[-1])
     output = ROOT / "benchmarks" / "output"

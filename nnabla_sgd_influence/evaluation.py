@@ -47,7 +47,8 @@ class LeaveOneOut:
                 self.eval_graph.inputs[name].d = value
         self.eval_loss = F.mean(self.eval_graph.per_sample_loss)
 
-    def validation_loss(self, dropped: Optional[int] = None) -> float:
+    def validation_loss(self, dropped: Optional[int] = None, weight: float = 0.0) -> float:
+        """Mean validation loss after retraining with row ``dropped``'s weight set to ``weight``."""
         for name, value in self.initial.items():
             self.params[name].d = value
         trainable = {n: self.params[n] for n in self.model.trainable}
@@ -56,7 +57,7 @@ class LeaveOneOut:
             graph, weights, loss = self.graphs[len(rows)]
             for name, value in self.train.batch(rows).items():
                 graph.inputs[name].d = value
-            weights.d = (rows != dropped).astype(np.float32)
+            weights.d = np.where(rows == dropped, weight, 1.0).astype(np.float32)
             loss.forward()
             solver.zero_grad()
             loss.backward()
