@@ -151,3 +151,19 @@ def select_context(requested: Optional[str], device_id: str = "0") -> str:
     else:
         log.info("context: cpu (chosen by %s)", source)
     return name
+
+
+def skip_missing_extension_lookup() -> None:
+    """Make nnabla's array access fast: remember that ``nnabla.nnabla_ext`` does not exist.
+
+    nnabla 1.39 tries to import that module on every ``.d``/``.g`` access and falls back when
+    the import fails; each failed search of the import path costs about 40 microseconds, which
+    is much of a small model's step. Recording the absence once makes the import fail at once.
+    Nothing changes where the module does exist.
+    """
+    import importlib.util
+    import sys
+
+    name = "nnabla.nnabla_ext"
+    if name not in sys.modules and importlib.util.find_spec(name) is None:
+        sys.modules[name] = None

@@ -19,9 +19,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .context import skip_missing_extension_lookup
 from .errors import InfluenceError
 
 log = logging.getLogger(__name__)
+skip_missing_extension_lookup()
 
 # Loss functions whose second input is a target read from the dataset, and what it holds.
 _CLASS_TARGET_LOSSES = {"CategoricalCrossEntropy", "SoftmaxCrossEntropy"}
