@@ -154,16 +154,17 @@ def select_context(requested: Optional[str], device_id: str = "0") -> str:
 
 
 def skip_missing_extension_lookup() -> None:
-    """Make nnabla's array access fast: remember that ``nnabla.nnabla_ext`` does not exist.
+    """Make nnabla's array access fast: remember that two modules it looks for do not exist.
 
-    nnabla 1.39 tries to import that module on every ``.d``/``.g`` access and falls back when
-    the import fails; each failed search of the import path costs about 40 microseconds, which
-    is much of a small model's step. Recording the absence once makes the import fail at once.
-    Nothing changes where the module does exist.
+    nnabla 1.39's compiled modules first try ``import nnabla`` and ``import nnabla_ext.cpu``
+    relative to the package (``nnabla.nnabla``, ``nnabla.nnabla_ext``) on every ``.d``/``.g``
+    access and function call, and fall back when that fails; each failed search of the import
+    path costs tens of microseconds, much of a small model's step. Recording their absence
+    once makes those imports fail at once. Nothing changes where such a module does exist.
     """
     import importlib.util
     import sys
 
-    name = "nnabla.nnabla_ext"
-    if name not in sys.modules and importlib.util.find_spec(name) is None:
-        sys.modules[name] = None
+    for name in ("nnabla.nnabla", "nnabla.nnabla_ext"):
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None
