@@ -46,7 +46,8 @@ class Dataset:
     image_variable: Optional[str]  # variable_name fed from an image column, if any
     # variable_name -> per-row values: uint8 (N, *shape) for images, float32 otherwise.
     _arrays: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _images: Dict[str, List[Path]] = field(default_factory=dict, repr=False)
+    # variable_name -> absolute image path per row, as text (Path objects cost 3x the memory)
+    _images: Dict[str, List[str]] = field(default_factory=dict, repr=False)
     _normalize_images: bool = True
     _label_variable: Optional[str] = None
     _class_labels: bool = False
@@ -73,7 +74,7 @@ class Dataset:
         """Absolute paths of the image column's files, one per row; ``None`` for tabular data."""
         if self.image_variable is None:
             return None
-        return list(self._images[self.image_variable])
+        return [Path(p) for p in self._images[self.image_variable]]
 
     def labels(self) -> Optional[np.ndarray]:
         """The label variable's value per row, for reports; ``None`` if no input is a label.
@@ -134,15 +135,16 @@ def load_dataset(
                 table, names, variable, where, f"{role}: {path}"
             )
 
-    images: Dict[str, List[Path]] = {}
+    images: Dict[str, List[str]] = {}
     for variable in data_variables:
         column = image_columns.get(variable.variable_name)
         if column is not None:
             image_shape = _image_shape(variable, column, path, role)
-            images[variable.variable_name] = _image_paths(table[column], path, column, where)
+            files = _image_paths(table[column], path, column, where)
             arrays[variable.variable_name] = _decode_images(
-                images[variable.variable_name], image_shape, variable, column, where, role
+                files, image_shape, variable, column, where, role
             )
+            images[variable.variable_name] = [str(f) for f in files]
 
     labels = [v for v in data_variables if v.is_label and v.variable_name not in image_columns]
     return Dataset(
