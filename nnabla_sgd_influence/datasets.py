@@ -46,7 +46,7 @@ class Dataset:
     image_variable: Optional[str]  # variable_name fed from an image column, if any
     # variable_name -> per-row values: uint8 (N, *shape) for images, float32 otherwise.
     _arrays: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    # variable_name -> absolute image path per row, as text (Path objects cost 3x the memory)
+    # variable_name -> absolute image path per row
     _images: Dict[str, List[str]] = field(default_factory=dict, repr=False)
     _normalize_images: bool = True
     _label_variable: Optional[str] = None
@@ -140,11 +140,10 @@ def load_dataset(
         column = image_columns.get(variable.variable_name)
         if column is not None:
             image_shape = _image_shape(variable, column, path, role)
-            files = _image_paths(table[column], path, column, where)
+            images[variable.variable_name] = _image_paths(table[column], path, column, where)
             arrays[variable.variable_name] = _decode_images(
-                files, image_shape, variable, column, where, role
+                images[variable.variable_name], image_shape, variable, column, where, role
             )
-            images[variable.variable_name] = [str(f) for f in files]
 
     labels = [v for v in data_variables if v.is_label and v.variable_name not in image_columns]
     return Dataset(
@@ -395,9 +394,13 @@ def _image_shape(variable: DataVariable, column: str, path: Path, role: str) -> 
     )
 
 
-def _image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) -> List[Path]:
-    """Absolute path of each row's image; every file must exist."""
-    folder = Path(os.path.abspath(csv_path.parent))
+def _image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) -> List[str]:
+    """Absolute path of each row's image; every file must exist.
+
+    Plain strings and ``os.path``: pathlib interns every path part it parses, which for a large
+    image set costs more memory than the images' uint8 cache.
+    """
+    folder = os.path.abspath(str(csv_path.parent))
     paths = []
     for row, cell in enumerate(column.tolist()):
         text = str(cell)
@@ -406,7 +409,7 @@ def _image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) -
                 f"{where(row, name)}: the cell is empty, an image path is expected"
             )
         resolved = _resolve(text, folder)
-        if not resolved.is_file():
+        if not os.path.isfile(resolved):
             raise InfluenceError(
                 f"{where(row, name)}: image file not found: {resolved} "
                 f"(relative paths are taken from the CSV's folder {folder})"
@@ -415,18 +418,18 @@ def _image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) -
     return paths
 
 
-def _resolve(text: str, folder: Path) -> Path:
+def _resolve(text: str, folder: str) -> str:
     """``text`` as an absolute path; Windows separators are accepted when the file needs them."""
-    candidate = Path(os.path.abspath(folder / text))
-    if "\\" in text and not candidate.exists():
-        alternative = Path(os.path.abspath(folder / text.replace("\\", "/")))
-        if alternative.exists():
+    candidate = os.path.abspath(os.path.join(folder, text))
+    if "\\" in text and not os.path.exists(candidate):
+        alternative = os.path.abspath(os.path.join(folder, text.replace("\\", "/")))
+        if os.path.exists(alternative):
             return alternative
     return candidate
 
 
 def _decode_images(
-    paths: List[Path],
+    paths: List[str],
     shape: _ImageShape,
     variable: DataVariable,
     column: str,
@@ -437,7 +440,7 @@ def _decode_images(
     from tqdm import tqdm
 
     cache = np.empty((len(paths),) + tuple(variable.shape), dtype=np.uint8)
-    resized: List[Tuple[int, Path, Tuple[int, int]]] = []
+    resized: List[Tuple[int, str, Tuple[int, int]]] = []
     progress = tqdm(
         paths,
         desc=f"loading {role} images",
@@ -454,7 +457,7 @@ def _decode_images(
     return cache
 
 
-def _open_image(path: Path, location: str):
+def _open_image(path: str, location: str):
     """The fully decoded image, detached from its file."""
     from PIL import Image
 
@@ -467,7 +470,7 @@ def _open_image(path: Path, location: str):
         raise InfluenceError(f"{location}: {path} cannot be read as an image ({reason})") from None
 
 
-def _to_array(image, shape: _ImageShape, variable: DataVariable, location: str, path: Path):
+def _to_array(image, shape: _ImageShape, variable: DataVariable, location: str, path: str):
     """The image in the model's channels and size, as uint8 ``(C, H, W)`` or ``(H, W)``."""
     from PIL import Image
 
@@ -480,7 +483,7 @@ def _to_array(image, shape: _ImageShape, variable: DataVariable, location: str, 
     return pixels[np.newaxis] if shape.channel_axis else pixels
 
 
-def _to_channels(image, channels: int, variable: DataVariable, location: str, path: Path):
+def _to_channels(image, channels: int, variable: DataVariable, location: str, path: str):
     """Grayscale <-> RGB as the model needs, alpha dropped; anything else is an error."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
@@ -505,7 +508,7 @@ def _sixteen_bit_to_gray(image):
 
 
 def _warn_resized(
-    resized: List[Tuple[int, Path, Tuple[int, int]]], total: int, shape: _ImageShape, role: str
+    resized: List[Tuple[int, str, Tuple[int, int]]], total: int, shape: _ImageShape, role: str
 ) -> None:
     row, path, (width, height) = resized[0]
     log.warning(
