@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -35,9 +34,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("nnabla_sgd_influence") is None:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, samples_dir  # noqa: E402
 
 from nnabla_sgd_influence.datasets import Dataset, load_dataset  # noqa: E402
 from nnabla_sgd_influence.engine import run_trial  # noqa: E402
@@ -105,17 +103,6 @@ class ModelCase:
 
 # --------------------------------------------------------------------------------------
 # Small helpers
-
-
-def samples_dir() -> Path:
-    """``samples/build``, built first if missing or outdated."""
-    spec = importlib.util.spec_from_file_location(
-        "build_samples", REPO / "samples" / "build_samples.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_samples", module)
-    spec.loader.exec_module(module)
-    return Path(module.build())
 
 
 def model_cases(samples: Path) -> List[ModelCase]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import sys
@@ -29,9 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("nnabla_sgd_influence") is None:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, samples_dir  # noqa: E402
 
 from nnabla_sgd_influence.datasets import Dataset, load_dataset  # noqa: E402
 from nnabla_sgd_influence.engine import run_trial  # noqa: E402
@@ -104,17 +102,6 @@ class RowSubset:
 
     def batch(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
         return self.dataset.batch(self.rows[np.asarray(rows, dtype=np.intp)])
-
-
-def samples_dir() -> Path:
-    """``samples/build``, built first if missing or outdated."""
-    spec = importlib.util.spec_from_file_location(
-        "build_samples", REPO / "samples" / "build_samples.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_samples", module)
-    spec.loader.exec_module(module)
-    return Path(module.build())
 
 
 def read_flipped(path: Path) -> Tuple[np.ndarray, Dict[int, int]]:

@@ -11,7 +11,6 @@ retrace mode, as a Markdown table (also saved as ``benchmarks/output/leave_one_o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 import tempfile
@@ -23,8 +22,9 @@ from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO as ROOT  # noqa: E402
+from common import samples_dir  # noqa: E402
 
 from nnabla_sgd_influence.datasets import load_dataset  # noqa: E402
 from nnabla_sgd_influence.evaluation import (  # noqa: E402
@@ -59,16 +59,6 @@ class Case:
     epochs: int
     modes: Tuple[str, ...]
     compare_plain_sgd: bool  # also retrace as if the solver were plain SGD
-
-
-def samples() -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "build_samples", ROOT / "samples" / "build_samples.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_samples"] = module
-    spec.loader.exec_module(module)
-    return Path(module.build())
 
 
 def problem(root: Path, model_name: str, data: str):
@@ -162,7 +152,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the per-solver rows")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    root = samples()
+    root = samples_dir()
     lines = [
         f"Leave-one-out agreement on {N_ROWS} training rows (batch 64, seed 0).",
         "",
