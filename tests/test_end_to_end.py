@@ -196,6 +196,9 @@ def test_interrupt_mid_run_leaves_nothing(samples, tmp_path, signal_number):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test runner started as a background job passes SIGINT on as ignored; a user's
+        # terminal does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for_training(temp_parent, process)
