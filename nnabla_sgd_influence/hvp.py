@@ -67,7 +67,7 @@ class AutodiffPass:
         _feed(graph.inputs, batch)
         graph.directional.forward(clear_no_need_grad=True)
         return [
-            g.d.astype(np.float64) if g is not None else np.zeros(p.shape)
+            g.d.astype(np.float64) if _reaches(g, p) else np.zeros(p.shape)
             for g, p in zip(graph.gradients, self.theta)
         ]
 
@@ -267,11 +267,14 @@ def _build_second_order_graph(model, params, theta, batch_size: int) -> _SecondO
             g.persistent = True  # read after the forward pass (the batch gradient)
     directions = [nn.Variable(p.shape) for p in theta]
     # A parameter the loss does not reach gets no gradient graph, and contributes nothing.
-    terms = [
-        F.sum(g * d) for g, d in zip(gradients, directions) if g is not None and g.shape == d.shape
-    ]
+    terms = [F.sum(g * d) for g, d, p in zip(gradients, directions, theta) if _reaches(g, p)]
     directional = terms[0] if len(terms) == 1 else F.add_n(*terms)
     return _SecondOrderGraph(graph.inputs, weights, weighted, gradients, directions, directional)
+
+
+def _reaches(gradient, parameter) -> bool:
+    """Whether ``nn.grad`` gave ``parameter`` a real gradient (the loss depends on it)."""
+    return gradient is not None and gradient.shape == parameter.shape
 
 
 def _feed(inputs: Dict[str, object], batch: Dict[str, np.ndarray]) -> None:

@@ -102,9 +102,9 @@ def retrain(
     ):
         if index and plan[index - 1][0] != epoch:
             step_in_epoch = 0
-        graph, loss = graphs.get(len(rows)) or graphs.setdefault(
-            len(rows), _training_graph(model, params, len(rows), F)
-        )
+        if len(rows) not in graphs:
+            graphs[len(rows)] = _training_graph(model, params, len(rows), F)
+        graph, loss = graphs[len(rows)]
         _feed(graph, train.batch(rows))
         theta_before = [trainable[n].d.copy() for n in model.trainable] if snapshots else None
         loss.forward(clear_no_need_grad=True)
