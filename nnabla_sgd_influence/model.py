@@ -125,6 +125,12 @@ def load_model(path: Union[str, Path]) -> NnpModel:
                 f"{path}: loss variable '{name}' is not in network '{network.name}'"
             )
 
+    if optimizer.update_interval > 1:
+        log.warning(
+            "%s: update_interval %d is not reproduced; retraining updates after every batch",
+            path,
+            optimizer.update_interval,
+        )
     eval_name, eval_is_train = _evaluation_network_name(proto, optimizer.network_name)
     if eval_is_train:
         log.info(
