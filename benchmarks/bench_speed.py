@@ -37,9 +37,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, samples_dir  # noqa: E402
 
-from nnabla_sgd_influence.datasets import Dataset, load_dataset  # noqa: E402
-from nnabla_sgd_influence.engine import run_trial  # noqa: E402
-from nnabla_sgd_influence.evaluation import FirstRows  # noqa: E402
+from nnabla_sgd_influence import (  # noqa: E402
+    Dataset,
+    InfluenceArguments,
+    NnpModel,
+    load_dataset,
+    load_model,
+    run_trial,
+)
+from nnabla_sgd_influence.graphs import GraphCache  # noqa: E402
 from nnabla_sgd_influence.hvp import (  # noqa: E402
     AutodiffPass,
     FiniteDifferencePass,
@@ -47,12 +53,7 @@ from nnabla_sgd_influence.hvp import (  # noqa: E402
     create_pass,
     per_row_reference,
 )
-from nnabla_sgd_influence.model import (  # noqa: E402
-    NnpModel,
-    build_graph,
-    create_parameter_variables,
-    load_model,
-)
+from nnabla_sgd_influence.parameters import ParameterSet  # noqa: E402
 from nnabla_sgd_influence.query import validation_gradient  # noqa: E402
 from nnabla_sgd_influence.retrace import retrace  # noqa: E402
 from nnabla_sgd_influence.training import retrain  # noqa: E402
@@ -116,6 +117,11 @@ def model_cases(samples: Path) -> List[ModelCase]:
     if NNC_MODEL.is_file():
         cases.append(ModelCase("nnc_fashion_mnist_cnn", NNC_MODEL, samples / "digits"))
     return cases
+
+
+def new_graphs(model: NnpModel) -> GraphCache:
+    """Graphs on fresh copies of ``model``'s parameters."""
+    return GraphCache(model, ParameterSet(model))
 
 
 def load_case(case: ModelCase) -> Tuple[NnpModel, Dataset, Dataset]:
@@ -219,17 +225,18 @@ class StageTimes:
 
 def time_stages(model: NnpModel, train: Dataset, val: Dataset, seed: int) -> StageTimes:
     """Time retrain, query gradient and both retraces of one trial, as ``run_trial`` runs them."""
-    params = create_parameter_variables(model)
-    autodiff = AutodiffPass(model, params)
-    finite = FiniteDifferencePass(model, params)
+    graphs = new_graphs(model)
+    params = graphs.params
+    autodiff = AutodiffPass(graphs)
+    finite = FiniteDifferencePass(graphs)
     start = time.perf_counter()
-    run = retrain(model, params, train, batch_size=BATCH_SIZE, seed=seed)
+    run = retrain(graphs, model.solver, train, batch_size=BATCH_SIZE, seed=seed)
     retrained = time.perf_counter()
-    u, _ = validation_gradient(model, params, val, BATCH_SIZE)
+    u, _ = validation_gradient(graphs, val, BATCH_SIZE)
     queried = time.perf_counter()
-    scores = retrace(model, params, train, run, u, autodiff)
+    scores = retrace(params, model.solver, train, run, u, autodiff)
     retraced = time.perf_counter()
-    scores_fd = retrace(model, params, train, run, u, finite)
+    scores_fd = retrace(params, model.solver, train, run, u, finite)
     retraced_fd = time.perf_counter()
     return StageTimes(
         retrain=retrained - start,
@@ -249,14 +256,10 @@ def function_count(variable) -> int:
 
 def graph_size_ratio(model: NnpModel) -> float:
     """Functions of the batched pass's graph / functions of the training loss's graph."""
-    import nnabla.functions as F
-
-    params = create_parameter_variables(model)
-    second_order = AutodiffPass(model, params).graph(BATCH_SIZE)
-    training = build_graph(model, params, BATCH_SIZE, training=True)
-    return function_count(second_order.directional) / function_count(
-        F.mean(training.per_sample_loss)
-    )
+    graphs = new_graphs(model)
+    second_order = graphs.second_order(BATCH_SIZE)
+    training = graphs.loss(BATCH_SIZE, training=True)
+    return function_count(second_order.directional) / function_count(training.mean_loss)
 
 
 def median_stages(times: Sequence[StageTimes]) -> StageTimes:
@@ -347,12 +350,10 @@ def batch_of_one_loop(
     return dots, hv
 
 
-def one_row_graph(model: NnpModel, params: Dict[str, object]) -> Tuple[object, object]:
+def one_row_graph(graphs: GraphCache) -> Tuple[object, object]:
     """Training graph at batch size 1 and its scalar loss."""
-    import nnabla.functions as F
-
-    graph = build_graph(model, params, 1, training=True)
-    return graph, F.sum(graph.per_sample_loss)
+    graph = graphs.loss(1, training=True)
+    return graph, graph.sum_loss
 
 
 def max_relative_difference(a: PassResult, b: PassResult) -> float:
@@ -375,8 +376,7 @@ class PassTimes:
 
 
 def time_pass_variants(
-    model: NnpModel,
-    params: Dict[str, object],
+    graphs: GraphCache,
     step_pass: AutodiffPass,
     one_row: Tuple[object, object],
     batch: Dict[str, np.ndarray],
@@ -386,12 +386,12 @@ def time_pass_variants(
     """Median seconds of the batched pass and of both per-row loops on ``batch``."""
     batched = step_pass(batch, v)  # also builds the graph for this batch size
     started = time.perf_counter()
-    reference = per_row_reference(model, params, batch, v)
+    reference = per_row_reference(graphs, batch, v)
     first = time.perf_counter() - started
     return PassTimes(
         batched=median_seconds(lambda: step_pass(batch, v), settings.repeats, 1e9),
         reference=median_seconds(
-            lambda: per_row_reference(model, params, batch, v),
+            lambda: per_row_reference(graphs, batch, v),
             settings.repeats,
             settings.reference_budget,
             measured=[first],
@@ -406,14 +406,14 @@ def time_pass_variants(
 def pass_speedup_rows(case: ModelCase, settings: Settings) -> List[List[str]]:
     """Batched pass vs the per-row reference and the batch-of-1 loop, per batch size."""
     model, train, _ = load_case(case)
-    params = create_parameter_variables(model)
-    step_pass = AutodiffPass(model, params)
-    one_row = one_row_graph(model, params)
+    graphs = new_graphs(model)
+    step_pass = AutodiffPass(graphs)
+    one_row = one_row_graph(graphs)
     v = random_direction(model, SEED)
     rows = []
     for size in settings.batch_sizes:
         batch = train.batch(np.arange(size))
-        t = time_pass_variants(model, params, step_pass, one_row, batch, v, settings)
+        t = time_pass_variants(graphs, step_pass, one_row, batch, v, settings)
         speedup = t.reference / t.batched
         target = ""
         if size == SPEEDUP_TARGET_BATCH:
@@ -460,7 +460,7 @@ def report_pass_speedups(report: Report, cases: Sequence[ModelCase], settings: S
 
 def function_seconds(step_pass: AutodiffPass, batch: Dict[str, np.ndarray], v, repeats: int):
     """Mean seconds per nnabla function type in the forward and backward of one batched pass."""
-    graph = step_pass.graph(len(next(iter(batch.values()))))
+    graph = step_pass.graphs.second_order(len(next(iter(batch.values()))))
     totals: Dict[Tuple[str, str], float] = collections.defaultdict(float)
     started = [0.0]
 
@@ -491,13 +491,9 @@ def function_seconds(step_pass: AutodiffPass, batch: Dict[str, np.ndarray], v, r
 
 def training_step_seconds(model: NnpModel, train: Dataset, size: int, repeats: int) -> float:
     """Median seconds of one forward/backward of the training loss (no solver update)."""
-    import nnabla.functions as F
-
-    params = create_parameter_variables(model)
-    graph = build_graph(model, params, size, training=True)
-    loss = F.mean(graph.per_sample_loss)
-    for name, value in train.batch(np.arange(size)).items():
-        graph.inputs[name].d = value
+    graph = new_graphs(model).loss(size, training=True)
+    loss = graph.mean_loss
+    graph.feed(train.batch(np.arange(size)))
 
     def step() -> None:
         loss.forward(clear_no_need_grad=True)
@@ -510,8 +506,7 @@ def training_step_seconds(model: NnpModel, train: Dataset, size: int, repeats: i
 def profile_rows(case: ModelCase, settings: Settings, shown: int = 4) -> List[List[str]]:
     """The functions taking the largest share of one batched pass at batch 32."""
     model, train, _ = load_case(case)
-    params = create_parameter_variables(model)
-    step_pass = AutodiffPass(model, params)
+    step_pass = AutodiffPass(new_graphs(model))
     batch = train.batch(np.arange(BATCH_SIZE))
     v = random_direction(model, SEED)
     shares = function_seconds(step_pass, batch, v, max(settings.repeats, 3))
@@ -546,22 +541,15 @@ def report_profiles(report: Report, cases: Sequence[ModelCase], settings: Settin
 def stored_bytes(model: NnpModel, train, val: Dataset, mode: str) -> Tuple[int, int]:
     """(bytes kept for the retrace, number of steps) of one trial in ``mode``."""
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as folder:
-        result = run_trial(
-            model,
-            train,
-            val,
-            batch_size=BATCH_SIZE,
-            seed=SEED,
-            mode=mode,
-            workdir=Path(folder),
-        )
+        arguments = InfluenceArguments(batch_size=BATCH_SIZE, seed=SEED, mode=mode)
+        result = run_trial(model, train, val, arguments, workdir=Path(folder))
     return result.stored_bytes, len(result.steps)
 
 
 def storage_rows(case: ModelCase, settings: Settings) -> List[List[str]]:
     """Measured bytes of both modes, and their extrapolation to one epoch of MNIST."""
     model, train, val = load_case(case)
-    data = train if settings.train_rows is None else FirstRows(train, settings.train_rows)
+    data = train if settings.train_rows is None else train.subset(np.arange(settings.train_rows))
     last, steps = stored_bytes(model, data, val, "last")
     exact, _ = stored_bytes(model, data, val, "exact")
     mnist_steps = math.ceil(MNIST_ROWS / BATCH_SIZE)
@@ -686,15 +674,15 @@ def memory_run(train_csv: Path, val_csv: Path, nnp: Path, retrace_steps: Optiona
     phases["before load"], peaks["before load"] = resident_mb(), peak_resident_mb()
     train = load_dataset(train_csv, model.data_variables, model.normalize_images)
     phases["after load"], peaks["after load"] = resident_mb(), peak_resident_mb()
-    params = create_parameter_variables(model)
-    step_pass = create_pass(model, params)
-    run = retrain(model, params, train, batch_size=MEMORY_BATCH_SIZE, seed=SEED)
+    graphs = new_graphs(model)
+    step_pass = create_pass(graphs)
+    run = retrain(graphs, model.solver, train, batch_size=MEMORY_BATCH_SIZE, seed=SEED)
     phases["after retrain"], peaks["after retrain"] = resident_mb(), peak_resident_mb()
-    u, _ = validation_gradient(model, params, val, MEMORY_BATCH_SIZE)
+    u, _ = validation_gradient(graphs, val, MEMORY_BATCH_SIZE)
     total_steps = len(run.steps)
     if retrace_steps is not None:
         run = dataclasses.replace(run, steps=run.steps[-retrace_steps:])
-    retrace(model, params, train, run, u, step_pass)
+    retrace(graphs.params, model.solver, train, run, u, step_pass)
     phases["after retrace"], peaks["after retrace"] = resident_mb(), peak_resident_mb()
     image_shape = next(v.shape for v in model.data_variables if len(v.shape) >= 2)
     return {

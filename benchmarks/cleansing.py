@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, samples_dir  # noqa: E402
 
-from nnabla_sgd_influence.datasets import Dataset, load_dataset  # noqa: E402
-from nnabla_sgd_influence.engine import run_trial  # noqa: E402
-from nnabla_sgd_influence.model import (  # noqa: E402
+from nnabla_sgd_influence import (  # noqa: E402
+    Dataset,
+    InfluenceArguments,
     NnpModel,
-    build_graph,
-    create_parameter_variables,
+    load_dataset,
     load_model,
+    run_trial,
 )
+from nnabla_sgd_influence.graphs import GraphCache, build_loss_graph  # noqa: E402
+from nnabla_sgd_influence.parameters import ParameterSet  # noqa: E402
 from nnabla_sgd_influence.training import retrain  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "output"
@@ -90,20 +91,6 @@ class LoadedCase:
     trained_epochs: int  # epochs the sample model was trained for (its metrics.json)
 
 
-class RowSubset:
-    """Some rows of a dataset, seen by the engine as a dataset of its own."""
-
-    def __init__(self, dataset, rows: np.ndarray) -> None:
-        self.dataset = dataset
-        self.rows = np.asarray(rows, dtype=np.intp)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
-        return self.dataset.batch(self.rows[np.asarray(rows, dtype=np.intp)])
-
-
 def read_flipped(path: Path) -> Tuple[np.ndarray, Dict[int, int]]:
     """Rows listed in ``flipped_train_noisy.csv`` and their original labels."""
     import pandas as pd
@@ -141,17 +128,8 @@ def load_case(case: Case, samples: Path) -> LoadedCase:
 
 def influence_scores(loaded: LoadedCase, seed: int) -> np.ndarray:
     """SGD-Influence of every training row: one trial, one epoch, mode last."""
-    with tempfile.TemporaryDirectory(prefix="cleansing-") as folder:
-        result = run_trial(
-            loaded.model,
-            loaded.train,
-            loaded.val,
-            batch_size=loaded.case.batch_size,
-            seed=seed,
-            mode="last",
-            workdir=Path(folder),
-        )
-    return result.scores
+    arguments = InfluenceArguments(batch_size=loaded.case.batch_size, seed=seed, mode="last")
+    return run_trial(loaded.model, loaded.train, loaded.val, arguments).scores
 
 
 def harmful_first(scores: np.ndarray) -> np.ndarray:
@@ -190,12 +168,6 @@ def flipped_count(removed: np.ndarray, flipped: np.ndarray) -> int:
 # Evaluation network: per-row losses and predictions
 
 
-def reset_parameters(params: Dict[str, object], model: NnpModel) -> None:
-    """Put the ``.nnp``'s values back into ``params``."""
-    for name, value in model.parameters.items():
-        params[name].d = value
-
-
 def prediction_head(model: NnpModel) -> Tuple[str, str]:
     """(variable fed to the loss, loss type) in the evaluation network."""
     name = model.eval_network
@@ -218,12 +190,10 @@ def predicted_labels(scores: np.ndarray, loss_type: str) -> np.ndarray:
 class Evaluator:
     """The evaluation network over a whole dataset, on shared parameters."""
 
-    def __init__(self, model: NnpModel, params: Dict[str, object], data: Dataset) -> None:
-        self.graph = build_graph(model, params, len(data), training=False)
+    def __init__(self, model: NnpModel, params: ParameterSet, data: Dataset) -> None:
+        self.graph = build_loss_graph(model, params, len(data), training=False)
         self.head, self.loss_type = prediction_head(model)
-        for name, value in data.batch(np.arange(len(data))).items():
-            if name in self.graph.inputs:
-                self.graph.inputs[name].d = value
+        self.graph.feed(data.batch(np.arange(len(data))))
         self.labels = np.asarray(data.labels()).reshape(len(data)).astype(np.int64)
 
     def losses(self) -> np.ndarray:
@@ -244,18 +214,18 @@ class Evaluator:
 
 def retrain_without(
     loaded: LoadedCase,
-    params: Dict[str, object],
+    graphs: GraphCache,
     removed: np.ndarray,
     seed: int,
     epochs: int,
 ) -> None:
     """Retrain from the ``.nnp`` (parameters and solver state) on the rows not removed."""
-    reset_parameters(params, loaded.model)
+    graphs.params.reset()
     kept = np.setdiff1d(np.arange(len(loaded.train)), removed)
     retrain(
-        loaded.model,
-        params,
-        RowSubset(loaded.train, kept),
+        graphs,
+        loaded.model.solver,
+        loaded.train.subset(kept),
         batch_size=loaded.case.batch_size,
         seed=seed,
         epochs=epochs,
@@ -292,7 +262,7 @@ def rankings(loaded: LoadedCase, scores: np.ndarray, losses: np.ndarray, seed: i
 
 def run_seed(
     loaded: LoadedCase,
-    params: Dict[str, object],
+    graphs: GraphCache,
     evaluator: Evaluator,
     losses: np.ndarray,
     seed: int,
@@ -309,7 +279,7 @@ def run_seed(
             if m == 0 and baseline is not None:
                 accuracy = baseline  # nothing removed: the same run for every method
             else:
-                retrain_without(loaded, params, order[:m], seed, result.epochs)
+                retrain_without(loaded, graphs, order[:m], seed, result.epochs)
                 accuracy = evaluator.accuracy()
                 baseline = accuracy if m == 0 else baseline
             result.accuracy.setdefault(method, {}).setdefault(m, []).append(accuracy)
@@ -321,9 +291,9 @@ def run_seed(
 def run_case(loaded: LoadedCase, settings: Settings) -> CaseResult:
     """The whole experiment for one model."""
     n_rows = len(loaded.train)
-    params = create_parameter_variables(loaded.model)
-    losses = Evaluator(loaded.model, params, loaded.train).losses()
-    evaluator = Evaluator(loaded.model, params, loaded.test)
+    graphs = GraphCache(loaded.model, ParameterSet(loaded.model))
+    losses = Evaluator(loaded.model, graphs.params, loaded.train).losses()
+    evaluator = Evaluator(loaded.model, graphs.params, loaded.test)
     result = CaseResult(
         name=loaded.case.model,
         n_rows=n_rows,
@@ -332,7 +302,7 @@ def run_case(loaded: LoadedCase, settings: Settings) -> CaseResult:
         epochs=settings.epochs or loaded.trained_epochs,
     )
     all_scores = [
-        run_seed(loaded, params, evaluator, losses, seed, result) for seed in settings.seeds
+        run_seed(loaded, graphs, evaluator, losses, seed, result) for seed in settings.seeds
     ]
     result.mean_scores = np.mean(all_scores, axis=0)
     result.mean_score_share = flipped_share(harmful_first(result.mean_scores), loaded.flipped)

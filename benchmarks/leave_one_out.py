@@ -26,15 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO as ROOT  # noqa: E402
 from common import samples_dir  # noqa: E402
 
-from nnabla_sgd_influence.datasets import load_dataset  # noqa: E402
-from nnabla_sgd_influence.evaluation import (  # noqa: E402
-    FirstRows,
-    LeaveOneOut,
-    agreement_with_leave_one_out,
+from nnabla_sgd_influence import (  # noqa: E402
+    InfluenceArguments,
+    NnpModel,
+    load_dataset,
+    load_model,
+    run_trial,
+)
+from nnabla_sgd_influence.evaluation.agreement import agreement_with_leave_one_out  # noqa: E402
+from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut  # noqa: E402
+from nnabla_sgd_influence.evaluation.variants import (  # noqa: E402
     reinitialized,
+    trained_further,
     with_solver,
 )
-from nnabla_sgd_influence.model import NnpModel, load_model  # noqa: E402
 
 N_ROWS = 200
 ADAM = {"alpha": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
@@ -65,13 +70,13 @@ def problem(root: Path, model_name: str, data: str):
     model = load_model(root / "models" / model_name / "results.nnp")
     train = load_dataset(root / data / "train.csv", model.data_variables)
     val = load_dataset(root / data / "val.csv", model.data_variables, role="input-val")
-    return model, FirstRows(train, N_ROWS), val
+    return model, train.subset(np.arange(N_ROWS)), val
 
 
 def pretrained(model: NnpModel, train, val, kind: str, hyper: dict, epochs: int) -> NnpModel:
     """``model`` trained a few epochs more with ``kind``, so that it carries that solver's state."""
     start = with_solver(model, kind, hyper)
-    return LeaveOneOut(start, train, val, batch_size=32, seed=7, epochs=epochs).trained_model()
+    return trained_further(start, train, batch_size=32, seed=7, epochs=epochs)
 
 
 def cases(root: Path, quick: bool) -> Iterator[Case]:
@@ -125,12 +130,11 @@ def linearity_of_the_truth(root: Path, work: Path) -> List[str]:
     Compares removing the row (weight 0) with ten times the effect of weight 0.9, for the rows
     with the most negative, the most positive and middling estimates.
     """
-    from nnabla_sgd_influence.engine import run_trial
-
     model, train, val = problem(root, "digits_cnn", "digits")
     truth = LeaveOneOut(model, train, val, batch_size=64, seed=0, epochs=1)
     base = truth.validation_loss()
-    scores = run_trial(model, train, val, batch_size=64, seed=0, mode="exact", workdir=work).scores
+    arguments = InfluenceArguments(batch_size=64, seed=0, mode="exact")
+    scores = run_trial(model, train, val, arguments, workdir=work).scores
     order = np.argsort(scores)
     rows = list(order[:3]) + list(order[N_ROWS // 2 : N_ROWS // 2 + 3]) + list(order[-3:])
     lines = [

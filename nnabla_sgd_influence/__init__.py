@@ -1,3 +1,41 @@
-"""Rank the training rows of a Neural Network Console model by their SGD-Influence."""
+"""Rank the training rows of a Neural Network Console model by their SGD-Influence.
+
+The public API (see the README, "Python API")::
+
+    from nnabla_sgd_influence import compute_influence
+    result = compute_influence("results.nnp", "train.csv", "val.csv", batch_size=32, n_trials=2)
+
+Names are imported on first use, so that importing the package (as the plugins' ``-h`` does)
+loads neither NNabla nor numpy.
+"""
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "compute_influence": "api",
+    "InfluenceResult": "results",
+    "InfluenceArguments": "arguments",
+    "InfluenceError": "errors",
+    "load_model": "model",
+    "NnpModel": "model",
+    "load_dataset": "datasets",
+    "Dataset": "datasets",
+    "run_trial": "engine",
+    "run_trials": "engine",
+    "TrialResult": "engine",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

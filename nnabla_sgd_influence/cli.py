@@ -18,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
+from .arguments import HVP_METHODS, MODES
+from .context import CONTEXTS
 from .errors import InfluenceError
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
@@ -122,10 +124,10 @@ def _add_hidden_options(parser: argparse.ArgumentParser) -> None:
     """Advanced options, kept out of NNC's dialog (see the README for what they do)."""
     hidden = argparse.SUPPRESS
     add = parser.add_argument
-    add("--mode", choices=("last", "exact"), default="last", help=hidden)
+    add("--mode", choices=MODES, default="last", help=hidden)
     add("--epochs", type=int, default=1, help=hidden)
-    add("--hvp", choices=("auto", "autodiff", "finite-difference"), default="auto", help=hidden)
-    add("--context", choices=("cpu", "cudnn"), default=None, help=hidden)
+    add("--hvp", choices=HVP_METHODS, default="auto", help=hidden)
+    add("--context", choices=CONTEXTS, default=None, help=hidden)
     add("--device-id", default="0", help=hidden)
     add("--temp-dir", default=None, help=hidden)
     add("--keep-temp", action="store_true", help=hidden)
@@ -133,27 +135,31 @@ def _add_hidden_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(kind: str, args: argparse.Namespace):
-    """The pipeline's Settings for parsed arguments."""
-    from .pipeline import Settings
+    """The pipeline's (RunSettings, InfluenceArguments) for parsed arguments, validated."""
+    from .arguments import InfluenceArguments
+    from .pipeline import RunSettings
 
-    return Settings(
+    settings = RunSettings(
         model=Path(args.model),
         input_train=Path(args.input_train),
         input_val=Path(args.input_val),
         output=Path(args.output),
-        batch_size=args.batch_size,
-        seed=args.seed,
-        n_trials=args.n_trials,
         kind=kind,
-        mode=args.mode,
-        epochs=args.epochs,
-        hvp=args.hvp,
         context=args.context,
         device_id=str(args.device_id),
         temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
         keep_temp=args.keep_temp,
         step_log=args.step_log,
     )
+    arguments = InfluenceArguments(
+        batch_size=args.batch_size,
+        seed=args.seed,
+        n_trials=args.n_trials,
+        epochs=args.epochs,
+        mode=args.mode,
+        hvp=args.hvp,
+    )
+    return settings, arguments
 
 
 class _LogFormatter(logging.Formatter):
@@ -197,7 +203,7 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     try:
         from .pipeline import run
 
-        run(settings_from_args(kind, args))
+        run(*settings_from_args(kind, args))
     except InfluenceError as error:
         if debug:
             traceback.print_exc()

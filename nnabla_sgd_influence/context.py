@@ -109,8 +109,8 @@ def _top_level_key(text: str, key: str) -> Optional[int]:
     return None
 
 
-def activate_context(name: str, device_id: str = "0") -> object:
-    """Make ``name`` nnabla's default context and return it.
+def create_context(name: str, device_id: str = "0") -> object:
+    """The nnabla context ``name`` on ``device_id`` (nnabla's default context is left alone).
 
     For ``cudnn``, ``NNABLA_CUDNN_DETERMINISTIC`` is set (unless the user set it) so that
     the same seed gives the same scores on the GPU too.
@@ -121,12 +121,9 @@ def activate_context(name: str, device_id: str = "0") -> object:
         os.environ.setdefault("NNABLA_CUDNN_DETERMINISTIC", "1")
         _require_cuda_extension()
 
-    import nnabla as nn
     from nnabla.ext_utils import get_extension_context
 
-    context = get_extension_context(name, device_id=str(device_id), type_config="float")
-    nn.set_default_context(context)
-    return context
+    return get_extension_context(name, device_id=str(device_id), type_config="float")
 
 
 def _require_cuda_extension() -> None:
@@ -137,20 +134,25 @@ def _require_cuda_extension() -> None:
         raise InfluenceError(_MISSING_CUDA) from None
 
 
-def select_context(requested: Optional[str], device_id: str = "0") -> str:
-    """Choose the context (see the module docstring), activate it and return its name."""
+def resolve_context(requested: Optional[str], device_id: str = "0") -> Tuple[object, str, str]:
+    """(context, its name, where the choice came from), or an error naming what is missing."""
     name, source = choose_context(requested)
     try:
-        activate_context(name, device_id)
+        return create_context(name, device_id), name, source
     except InfluenceError as error:
         if source in ("--context", "default"):
             raise
         raise InfluenceError(f"{error}; {source} asks for it (override: --context cpu)") from None
+
+
+def select_context(requested: Optional[str], device_id: str = "0") -> object:
+    """Choose the context (see the module docstring), log the choice and return it."""
+    context, name, source = resolve_context(requested, device_id)
     if name == "cudnn":
         log.info("context: cudnn on device %s (chosen by %s)", device_id, source)
     else:
         log.info("context: cpu (chosen by %s)", source)
-    return name
+    return context
 
 
 def skip_missing_extension_lookup() -> None:

@@ -8,32 +8,22 @@ Column headers follow NNC: ``NAME[__INDEX][:TYPE]`` (``x:image``, ``y:label``, `
 columns whose header starts with ``#`` are comments and are ignored.
 """
 
+import dataclasses
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from .errors import InfluenceError
+from .images import IMAGE_EXTENSIONS, Locator, decode_images, image_paths, image_shape
 from .model import DataVariable
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-PROGRESS_BAR_MIN_IMAGES = 500
-
-# Pillow modes by what they hold; anything else (32-bit integer, float, LAB) is refused.
-_GRAY_MODES = {"1", "L", "LA"}
-_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "HSV"}
-
-# Names a cell for error messages: where(row, column) -> "role: file row r (...), column 'c'".
-Locator = Callable[[int, str], str]
 
 
 @dataclass
@@ -69,6 +59,16 @@ class Dataset:
                 chosen /= np.float32(255)
             result[name] = chosen
         return result
+
+    def subset(self, rows: np.ndarray) -> "Dataset":
+        """A dataset of the rows ``rows`` (0-based, in that order) of this one."""
+        index = self._row_index(rows)
+        return dataclasses.replace(
+            self,
+            table=self.table.iloc[index].reset_index(drop=True),
+            _arrays={name: values[index] for name, values in self._arrays.items()},
+            _images={name: [paths[i] for i in index] for name, paths in self._images.items()},
+        )
 
     def image_paths(self) -> Optional[List[Path]]:
         """Absolute paths of the image column's files, one per row; ``None`` for tabular data."""
@@ -139,10 +139,10 @@ def load_dataset(
     for variable in data_variables:
         column = image_columns.get(variable.variable_name)
         if column is not None:
-            image_shape = _image_shape(variable, column, path, role)
-            images[variable.variable_name] = _image_paths(table[column], path, column, where)
-            arrays[variable.variable_name] = _decode_images(
-                images[variable.variable_name], image_shape, variable, column, where, role
+            shape = image_shape(variable, column, path, role)
+            images[variable.variable_name] = image_paths(table[column], path, column, where)
+            arrays[variable.variable_name] = decode_images(
+                images[variable.variable_name], shape, variable, column, where, role
             )
 
     labels = [v for v in data_variables if v.is_label and v.variable_name not in image_columns]
@@ -368,159 +368,3 @@ def _check_binary_targets(
             f"{location}: '{cell}' is outside [0, 1]; variable '{variable.variable_name}' "
             "is a binary target"
         )
-
-
-# --------------------------------------------------------------------------------------
-# Images
-
-
-@dataclass(frozen=True)
-class _ImageShape:
-    channels: int
-    height: int
-    width: int
-    channel_axis: bool  # the variable's shape is (C, H, W) rather than (H, W)
-
-
-def _image_shape(variable: DataVariable, column: str, path: Path, role: str) -> _ImageShape:
-    shape = tuple(variable.shape)
-    if len(shape) == 3 and min(shape) > 0:
-        return _ImageShape(shape[0], shape[1], shape[2], channel_axis=True)
-    if len(shape) == 2 and min(shape) > 0:
-        return _ImageShape(1, shape[0], shape[1], channel_axis=False)
-    raise InfluenceError(
-        f"{role}: {path}: column '{column}' holds images, but variable "
-        f"'{variable.variable_name}' has shape {shape}; an image input needs (C, H, W) or (H, W)"
-    )
-
-
-def _image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) -> List[str]:
-    """Absolute path of each row's image; every file must exist.
-
-    Plain strings and ``os.path``: pathlib interns every path part it parses, which for a large
-    image set costs more memory than the images' uint8 cache.
-    """
-    folder = os.path.abspath(str(csv_path.parent))
-    paths = []
-    for row, cell in enumerate(column.tolist()):
-        text = str(cell)
-        if not text.strip():
-            raise InfluenceError(
-                f"{where(row, name)}: the cell is empty, an image path is expected"
-            )
-        resolved = _resolve(text, folder)
-        if not os.path.isfile(resolved):
-            raise InfluenceError(
-                f"{where(row, name)}: image file not found: {resolved} "
-                f"(relative paths are taken from the CSV's folder {folder})"
-            )
-        paths.append(resolved)
-    return paths
-
-
-def _resolve(text: str, folder: str) -> str:
-    """``text`` as an absolute path; Windows separators are accepted when the file needs them."""
-    candidate = os.path.abspath(os.path.join(folder, text))
-    if "\\" in text and not os.path.exists(candidate):
-        alternative = os.path.abspath(os.path.join(folder, text.replace("\\", "/")))
-        if os.path.exists(alternative):
-            return alternative
-    return candidate
-
-
-def _decode_images(
-    paths: List[str],
-    shape: _ImageShape,
-    variable: DataVariable,
-    column: str,
-    where: Locator,
-    role: str,
-) -> np.ndarray:
-    """Decode every image once into a uint8 array of shape ``(N, *variable.shape)``."""
-    from tqdm import tqdm
-
-    cache = np.empty((len(paths),) + tuple(variable.shape), dtype=np.uint8)
-    resized: List[Tuple[int, str, Tuple[int, int]]] = []
-    progress = tqdm(
-        paths,
-        desc=f"loading {role} images",
-        unit="image",
-        disable=True if len(paths) <= PROGRESS_BAR_MIN_IMAGES else None,
-    )
-    for row, path in enumerate(progress):
-        image = _open_image(path, where(row, column))
-        if image.size != (shape.width, shape.height):
-            resized.append((row, path, image.size))
-        cache[row] = _to_array(image, shape, variable, where(row, column), path)
-    if resized:
-        _warn_resized(resized, len(paths), shape, role)
-    return cache
-
-
-def _open_image(path: str, location: str):
-    """The fully decoded image, detached from its file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except Exception as error:  # Pillow reports unreadable files with many exception types
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise InfluenceError(f"{location}: {path} cannot be read as an image ({reason})") from None
-
-
-def _to_array(image, shape: _ImageShape, variable: DataVariable, location: str, path: str):
-    """The image in the model's channels and size, as uint8 ``(C, H, W)`` or ``(H, W)``."""
-    from PIL import Image
-
-    converted = _to_channels(image, shape.channels, variable, location, path)
-    if converted.size != (shape.width, shape.height):
-        converted = converted.resize((shape.width, shape.height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(converted, dtype=np.uint8)
-    if pixels.ndim == 3:
-        return pixels.transpose(2, 0, 1)
-    return pixels[np.newaxis] if shape.channel_axis else pixels
-
-
-def _to_channels(image, channels: int, variable: DataVariable, location: str, path: str):
-    """Grayscale <-> RGB as the model needs, alpha dropped; anything else is an error."""
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        image, mode = _sixteen_bit_to_gray(image), "L"
-    if channels == 4 and mode == "RGBA":
-        return image
-    if channels in (1, 3) and mode in _GRAY_MODES | _COLOR_MODES:
-        return image.convert("L" if channels == 1 else "RGB")
-    raise InfluenceError(
-        f"{location}: image {path} has pixel mode '{mode}' but variable "
-        f"'{variable.variable_name}' needs {channels} channel(s); supported are 8- or 16-bit "
-        "grayscale, RGB and RGBA images for 1- or 3-channel inputs, and RGBA for 4 channels"
-    )
-
-
-def _sixteen_bit_to_gray(image):
-    """16-bit grayscale scaled to 8 bits (Pillow's own conversion clips at 255)."""
-    from PIL import Image
-
-    wide = np.asarray(image).astype(np.uint32)
-    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
-
-
-def _warn_resized(
-    resized: List[Tuple[int, str, Tuple[int, int]]], total: int, shape: _ImageShape, role: str
-) -> None:
-    row, path, (width, height) = resized[0]
-    log.warning(
-        "%s: %d of %d images differ from the model input size %dx%d and are resized "
-        "(bilinear); the first is row %d (0-based data row), %s, %dx%d",
-        role,
-        len(resized),
-        total,
-        shape.width,
-        shape.height,
-        row,
-        path,
-        width,
-        height,
-    )

@@ -1,76 +1,161 @@
-"""One trial of SGD-Influence: retrain, take the query gradient, retrace."""
+"""Trials of SGD-Influence: retrain, take the query gradient, retrace; then average them.
+
+:func:`run_trial` is one trial on fresh copies of the model's parameters; :func:`run_trials`
+runs every trial of an :class:`~.arguments.InfluenceArguments` in a working folder and averages
+their scores in trial order.
+"""
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Iterator, List, Optional
 
 import numpy as np
 
-from .datasets import Dataset
+from .arguments import InfluenceArguments
+from .errors import InfluenceError
+from .graphs import GraphCache
 from .hvp import create_pass
-from .model import NnpModel, create_parameter_variables
+from .model import NnpModel
+from .parameters import ParameterSet
+from .progress import SILENT, Progress
 from .query import validation_gradient
+from .results import InfluenceResult
 from .retrace import retrace
-from .solvers import warn_if_not_modeled
 from .training import Step, retrain
+from .workspace import remove_folder, workspace
 
 log = logging.getLogger(__name__)
-
-__all__ = ["Step", "TrialResult", "run_trial"]
 
 
 @dataclass
 class TrialResult:
+    """One trial's scores and what it did."""
+
     scores: np.ndarray  # influence per training row (negative: removing it lowers the loss)
+    seed: int
     steps: List[Step]
     stored_bytes: int  # bytes kept for the retrace: final parameters, or every step's
     hvp_method: str
-    validation_loss: float
+    validation_loss: float  # at the retrained parameters
 
 
 def run_trial(
     model: NnpModel,
-    train: Dataset,
-    val: Dataset,
+    train,
+    val,
+    arguments: Optional[InfluenceArguments] = None,
     *,
-    batch_size: int,
-    seed: int,
-    epochs: int = 1,
-    mode: str = "last",
-    hvp: str = "auto",
-    workdir: Path,
-    label: str = "",
-    model_solver: bool = True,
+    trial: int = 0,
+    workdir: Optional[Path] = None,
+    progress: Progress = SILENT,
 ) -> TrialResult:
     """Score every row of ``train`` by its SGD-Influence on the mean loss of ``val``.
 
-    Works on fresh copies of the model's parameters: ``model`` is left as loaded.
+    Trial ``trial`` (0-based) shuffles with ``arguments.seed + trial``. Mode ``exact`` stores
+    its snapshots in ``workdir`` (a temporary folder when None). ``model`` is left as loaded.
     """
-    warn_if_not_modeled(model.solver)
-    params = create_parameter_variables(model)
-    step_pass = create_pass(model, params, hvp)
-    run = retrain(
-        model,
-        params,
-        train,
-        batch_size=batch_size,
-        seed=seed,
-        epochs=epochs,
-        mode=mode,
-        workdir=workdir,
-        label=label,
-    )
-    u, val_loss = validation_gradient(model, params, val, batch_size, label)
-    scores = retrace(
-        model, params, train, run, u, step_pass, model_solver=model_solver, label=label
-    )
+    arguments = arguments or InfluenceArguments()
+    seed = arguments.seed_of(trial)
+    params = ParameterSet(model)
+    graphs = GraphCache(model, params)
+    step_pass = create_pass(graphs, arguments.hvp)
+    with _working_folder(workdir, arguments.mode) as folder:
+        run = retrain(
+            graphs,
+            model.solver,
+            train,
+            batch_size=arguments.batch_size,
+            seed=seed,
+            epochs=arguments.epochs,
+            mode=arguments.mode,
+            workdir=folder,
+            progress=progress,
+        )
+        u, val_loss = validation_gradient(graphs, val, arguments.batch_size, progress)
+        scores = retrace(
+            params,
+            model.solver,
+            train,
+            run,
+            u,
+            step_pass,
+            model_solver=arguments.model_solver,
+            progress=progress,
+        )
     return TrialResult(
         scores=scores,
+        seed=seed,
         steps=run.steps,
         stored_bytes=run.stored_bytes,
         hvp_method=step_pass.name,
         validation_loss=val_loss,
+    )
+
+
+@contextmanager
+def _working_folder(workdir: Optional[Path], mode: str) -> Iterator[Optional[Path]]:
+    if workdir is not None or mode != "exact":
+        yield workdir
+    else:
+        with workspace() as folder:
+            yield folder
+
+
+def run_trials(
+    model: NnpModel,
+    train,
+    val,
+    arguments: InfluenceArguments,
+    folder: Path,
+    *,
+    keep_temp: bool = False,
+    progress: Progress = SILENT,
+) -> InfluenceResult:
+    """Every trial (seeds seed, seed+1, ...), each in ``folder/trial_<i>``; scores averaged."""
+    per_trial = np.empty((arguments.n_trials, len(train)), dtype=np.float64)
+    trials: List[TrialResult] = []
+    for index in range(arguments.n_trials):
+        workdir = Path(folder) / f"trial_{index + 1}"
+        workdir.mkdir()
+        result = run_trial(
+            model,
+            train,
+            val,
+            arguments,
+            trial=index,
+            workdir=workdir,
+            progress=progress.for_trial(index, arguments.n_trials),
+        )
+        if not keep_temp:
+            remove_folder(workdir)  # mode "exact" may have stored much there
+        per_trial[index] = result.scores
+        trials.append(result)
+    return average_trials(per_trial, trials)
+
+
+def average_trials(per_trial: np.ndarray, trials: List[TrialResult]) -> InfluenceResult:
+    """Mean scores of the trials, added in trial order (the same bits however they ran)."""
+    total = np.zeros(per_trial.shape[1], dtype=np.float64)
+    for scores in per_trial:
+        total += scores
+    scores = total / len(per_trial)
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise InfluenceError(
+            f"influence is not finite for {bad} of {len(scores)} rows: retraining diverged "
+            "(check the model's solver and learning rate, or try a smaller batch size)"
+        )
+    first = trials[0]
+    return InfluenceResult(
+        scores=scores,
+        per_trial=per_trial,
+        seeds=[t.seed for t in trials],
+        validation_losses=np.array([t.validation_loss for t in trials]),
+        hvp_method=first.hvp_method,
+        steps=first.steps,
+        stored_bytes=first.stored_bytes,
     )

@@ -14,29 +14,17 @@ central differences of the row losses and of the batch gradient along v.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .arguments import HVP_METHODS
 from .errors import InfluenceError
-from .model import NnpModel, build_graph, layers_without_second_order
+from .graphs import GraphCache, SecondOrderGraph, layers_without_second_order, reaches
 
 log = logging.getLogger(__name__)
 
-HVP_METHODS = ("auto", "autodiff", "finite-difference")
-
 PassResult = Tuple[np.ndarray, List[np.ndarray]]  # (<v, g_i> per row, sum_i H_i v)
-
-
-@dataclass
-class _SecondOrderGraph:
-    inputs: Dict[str, object]
-    weights: object  # w, shape (batch,)
-    weighted_loss: object  # L = sum_i w_i l_i
-    gradients: List[object]  # dL/dtheta, kept after the forward pass
-    directions: List[object]  # v, one variable per trainable parameter
-    directional: object  # s = <v, dL/dtheta>
 
 
 class AutodiffPass:
@@ -44,18 +32,10 @@ class AutodiffPass:
 
     name = "autodiff"
 
-    def __init__(self, model: NnpModel, params: Dict[str, object]) -> None:
-        self.model = model
-        self.params = params
-        self.theta = [params[n] for n in model.trainable]
-        self._graphs: Dict[int, _SecondOrderGraph] = {}
-
-    def graph(self, batch_size: int) -> _SecondOrderGraph:
-        if batch_size not in self._graphs:
-            self._graphs[batch_size] = _build_second_order_graph(
-                self.model, self.params, self.theta, batch_size
-            )
-        return self._graphs[batch_size]
+    def __init__(self, graphs: GraphCache) -> None:
+        self.graphs = graphs
+        self.theta = graphs.params.theta
+        self._current: Optional[SecondOrderGraph] = None
 
     def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
         self.prepare(batch)
@@ -63,11 +43,11 @@ class AutodiffPass:
 
     def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """Forward pass on ``batch``; returns the batch gradient sum_i g_i (a by-product)."""
-        graph = self._current = self.graph(_batch_size(batch))
-        _feed(graph.inputs, batch)
+        graph = self._current = self.graphs.second_order(_batch_size(batch))
+        graph.feed(batch)
         graph.directional.forward(clear_no_need_grad=True)
         return [
-            g.d.astype(np.float64) if _reaches(g, p) else np.zeros(p.shape)
+            g.d.astype(np.float64) if reaches(g, p) else np.zeros(p.shape)
             for g, p in zip(graph.gradients, self.theta)
         ]
 
@@ -81,10 +61,9 @@ class AutodiffPass:
         for variable, value in zip(graph.directions, v):
             variable.d = value
         graph.weights.grad.zero()
-        for p in self.theta:
-            p.grad.zero()
+        self.graphs.params.zero_grad()
         graph.directional.backward(clear_buffer=True)
-        return graph.weights.g.astype(np.float64), [p.g.astype(np.float64) for p in self.theta]
+        return graph.weights.g.astype(np.float64), self.graphs.params.gradients()
 
 
 class FiniteDifferencePass:
@@ -98,90 +77,73 @@ class FiniteDifferencePass:
     name = "finite-difference"
 
     def __init__(
-        self,
-        model: NnpModel,
-        params: Dict[str, object],
-        loss_step: float = 1e-3,
-        gradient_step: float = 1e-5,
+        self, graphs: GraphCache, loss_step: float = 1e-3, gradient_step: float = 1e-5
     ) -> None:
-        self.model = model
-        self.params = params
-        self.theta = [params[n] for n in model.trainable]
+        self.graphs = graphs
+        self.params = graphs.params
         self.loss_step = loss_step
         self.gradient_step = gradient_step
-        self._graphs: Dict[int, Tuple[object, object]] = {}
-
-    def _graph(self, batch_size: int):
-        import nnabla.functions as F
-
-        if batch_size not in self._graphs:
-            graph = build_graph(self.model, self.params, batch_size, training=True)
-            self._graphs[batch_size] = (graph, F.sum(graph.per_sample_loss))
-        return self._graphs[batch_size]
+        self._current = None
 
     def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
-        self._current = self._graph(_batch_size(batch))
-        _feed(self._current[0].inputs, batch)
+        self._current = self.graphs.loss(_batch_size(batch), training=True)
+        self._current.feed(batch)
         return self.finish(v)
 
     def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """Feed ``batch``; returns the batch gradient sum_i g_i at theta."""
-        graph, total = self._current = self._graph(_batch_size(batch))
-        _feed(graph.inputs, batch)
-        base = [p.d.copy() for p in self.theta]
-        return self._at(base, [np.zeros_like(a) for a in base], 0.0, graph, total, True)[1]
+        graph = self._current = self.graphs.loss(_batch_size(batch), training=True)
+        graph.feed(batch)
+        base = self.params.trainable_arrays()
+        return self._at(base, [np.zeros_like(a) for a in base], 0.0, gradient=True)[1]
 
     def finish(self, v: Sequence[np.ndarray]) -> PassResult:
         """(<v, g_i> per row, sum_i H_i v) for the batch fed last."""
-        graph, total = self._current
-        base = [p.d.copy() for p in self.theta]
+        base = self.params.trainable_arrays()
         v_norm = _norm(v)
         if v_norm == 0.0:
-            return np.zeros(graph.batch_size), [np.zeros(p.shape) for p in self.theta]
+            return np.zeros(self._current.batch_size), [np.zeros(s) for s in self.params.shapes]
         # Steps are relative to the size of theta; eps * ||v|| is the distance moved.
         scale = max(_norm(base), 1.0) / v_norm
-        try:
+        with self.params.preserved(self.params.trainable):
             eps = self.loss_step * scale
-            plus = self._at(base, v, eps, graph, total, gradient=False)[0]
-            minus = self._at(base, v, -eps, graph, total, gradient=False)[0]
+            plus = self._at(base, v, eps, gradient=False)[0]
+            minus = self._at(base, v, -eps, gradient=False)[0]
             dots = (plus - minus) / (2.0 * eps)
             eps = self.gradient_step * scale
-            grad_plus = self._at(base, v, eps, graph, total, gradient=True)[1]
-            grad_minus = self._at(base, v, -eps, graph, total, gradient=True)[1]
+            grad_plus = self._at(base, v, eps, gradient=True)[1]
+            grad_minus = self._at(base, v, -eps, gradient=True)[1]
             hv = [(a - b) / (2.0 * eps) for a, b in zip(grad_plus, grad_minus)]
-        finally:
-            for p, value in zip(self.theta, base):
-                p.d = value
         return dots, hv
 
-    def _at(self, base, v, eps: float, graph, total, gradient: bool):
+    def _at(self, base, v, eps: float, gradient: bool):
         """Row losses (and the batch gradient) at theta + eps * v."""
-        for p, value, direction in zip(self.theta, base, v):
-            p.d = value + eps * direction
-        total.forward(clear_no_need_grad=gradient)
+        graph = self._current
+        self.params.set_trainable([value + eps * d for value, d in zip(base, v)])
+        graph.sum_loss.forward(clear_no_need_grad=gradient)
         losses = graph.per_sample_loss.d.astype(np.float64)
         if not gradient:
             return losses, None
-        for p in self.theta:
-            p.grad.zero()
-        total.backward(clear_buffer=True)
-        return losses, [p.g.astype(np.float64) for p in self.theta]
+        self.params.zero_grad()
+        graph.sum_loss.backward(clear_buffer=True)
+        return losses, self.params.gradients()
 
 
 def _norm(arrays: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays)))
 
 
-def create_pass(model: NnpModel, params: Dict[str, object], method: str = "auto"):
+def create_pass(graphs: GraphCache, method: str = "auto"):
     """The pass for ``method``: ``auto`` is autodiff unless nnabla cannot differentiate twice."""
     if method not in HVP_METHODS:
         raise InfluenceError(f"hvp method must be one of {', '.join(HVP_METHODS)}, got '{method}'")
     if method == "finite-difference":
-        return FiniteDifferencePass(model, params)
-    autodiff = AutodiffPass(model, params)
+        return FiniteDifferencePass(graphs)
+    autodiff = AutodiffPass(graphs)
     problem = _second_order_problem(autodiff)
     if problem is None:
         return autodiff
+    model = graphs.model
     suspects = layers_without_second_order(model)
     names = ", ".join(f"'{layer.name}' ({layer.type})" for layer in suspects) or "a layer"
     if method == "autodiff":
@@ -194,92 +156,59 @@ def create_pass(model: NnpModel, params: Dict[str, object], method: str = "auto"
         names,
         problem,
     )
-    return FiniteDifferencePass(model, params)
+    return FiniteDifferencePass(graphs)
 
 
 def _second_order_problem(autodiff: AutodiffPass) -> Optional[str]:
     """Why a trial second-order pass on a zero batch fails, or None when it works."""
+    model = autodiff.graphs.model
     probe = {
-        d.variable_name: np.zeros((2,) + d.shape, dtype=np.float32)
-        for d in autodiff.model.data_variables
+        d.variable_name: np.zeros((2,) + d.shape, dtype=np.float32) for d in model.data_variables
     }
     zero = [np.zeros(p.shape, dtype=np.float32) for p in autodiff.theta]
-    snapshot = {name: v.d.copy() for name, v in autodiff.params.items()}
     try:
-        autodiff(probe, zero)
+        with autodiff.graphs.params.preserved():  # BatchNormalization statistics move
+            autodiff(probe, zero)
     except NotImplementedError as error:
         return str(error) or "not implemented"
     except RuntimeError as error:
         if "not implemented" not in str(error).lower():
             raise
         return str(error).strip().splitlines()[-1]
-    finally:
-        for name, value in snapshot.items():  # BatchNormalization statistics moved
-            autodiff.params[name].d = value
     return None
 
 
 def per_row_reference(
-    model: NnpModel,
-    params: Dict[str, object],
-    batch: Dict[str, np.ndarray],
-    v: Sequence[np.ndarray],
+    graphs: GraphCache, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]
 ) -> PassResult:
     """The loop the batched passes replace: for each row, its gradient and its H_i v.
 
     Each row is selected with one-hot weights inside the whole batch, so the result stays exact
     for layers that mix rows (BatchNormalization on batch statistics).
     """
-    theta = [params[n] for n in model.trainable]
-    graph = _build_second_order_graph(model, params, theta, _batch_size(batch))
-    _feed(graph.inputs, batch)
+    params = graphs.params
+    n = _batch_size(batch)
+    graph = graphs.second_order(n)
+    graph.feed(batch)
     for variable, value in zip(graph.directions, v):
         variable.d = value
-    n = _batch_size(batch)
     dots = np.zeros(n)
-    hv = [np.zeros(p.shape) for p in theta]
-    for row in range(n):
-        graph.weights.d = np.eye(n, dtype=np.float32)[row]
-        graph.weighted_loss.forward()
-        for p in theta:
-            p.grad.zero()
-        graph.weighted_loss.backward()
-        dots[row] = sum(float(np.sum(p.g.astype(np.float64) * a)) for p, a in zip(theta, v))
-        graph.directional.forward()
-        for p in theta:
-            p.grad.zero()
-        graph.directional.backward()
-        for total, p in zip(hv, theta):
-            total += p.g
+    hv = [np.zeros(s) for s in params.shapes]
+    try:
+        for row in range(n):
+            graph.weights.d = np.eye(n, dtype=np.float32)[row]
+            graph.weighted_loss.forward()
+            params.zero_grad()
+            graph.weighted_loss.backward()
+            dots[row] = sum(float(np.sum(g * a)) for g, a in zip(params.gradients(), v))
+            graph.directional.forward()
+            params.zero_grad()
+            graph.directional.backward()
+            for total, p in zip(hv, params.theta):
+                total += p.g
+    finally:
+        graph.weights.d = np.ones(n, dtype=np.float32)
     return dots, hv
-
-
-def _build_second_order_graph(model, params, theta, batch_size: int) -> _SecondOrderGraph:
-    import nnabla as nn
-    import nnabla.functions as F
-
-    graph = build_graph(model, params, batch_size, training=True, second_order=True)
-    weights = nn.Variable.from_numpy_array(np.ones(batch_size, dtype=np.float32), need_grad=True)
-    weighted = F.sum(weights * graph.per_sample_loss)
-    gradients = nn.grad([weighted], theta)
-    for g in gradients:
-        if g is not None:
-            g.persistent = True  # read after the forward pass (the batch gradient)
-    directions = [nn.Variable(p.shape) for p in theta]
-    # A parameter the loss does not reach gets no gradient graph, and contributes nothing.
-    terms = [F.sum(g * d) for g, d, p in zip(gradients, directions, theta) if _reaches(g, p)]
-    directional = terms[0] if len(terms) == 1 else F.add_n(*terms)
-    return _SecondOrderGraph(graph.inputs, weights, weighted, gradients, directions, directional)
-
-
-def _reaches(gradient, parameter) -> bool:
-    """Whether ``nn.grad`` gave ``parameter`` a real gradient (the loss depends on it)."""
-    return gradient is not None and gradient.shape == parameter.shape
-
-
-def _feed(inputs: Dict[str, object], batch: Dict[str, np.ndarray]) -> None:
-    for name, variable in inputs.items():
-        variable.d = batch[name]
 
 
 def _batch_size(batch: Dict[str, np.ndarray]) -> int:

@@ -1,26 +1,27 @@
-"""Stage 1: read an NNC ``.nnp`` into plain data, and build its networks as nnabla graphs.
+"""Stage 1: read an NNC ``.nnp`` into plain data (:class:`NnpModel`).
 
 Everything is found through the optimizer section of the file, never by guessing from names
 or positions: the training network is the optimizer's ``network_name``, its inputs are the
 ``data_variable`` entries, the loss is the ``loss_variable`` entries and the trained parameters
 are the ``parameter_variable`` entries with a learning-rate multiplier above zero.
+Building nnabla graphs from it is :mod:`.graphs`' job.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import io
 import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .context import skip_missing_extension_lookup
 from .errors import InfluenceError
+from .solvers import SolverSpec, read_solver_spec
 
 log = logging.getLogger(__name__)
 skip_missing_extension_lookup()
@@ -45,20 +46,6 @@ class DataVariable:
         return self.n_classes is not None or self.binary_target
 
 
-@dataclass
-class SolverSpec:
-    """The optimizer's solver as written in the ``.nnp``."""
-
-    type: str
-    hyper_parameters: Dict[str, float]
-    weight_decay: float
-    proto: object  # the nnabla_pb2.Solver message, for the learning-rate schedule
-    # State saved by NNC (per parameter: arrays by state name, plus the step count "t").
-    state: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
-    # Iteration at which the saved training stopped; retraining continues the schedule there.
-    start_iteration: int = 0
-
-
 @dataclass(frozen=True)
 class Layer:
     name: str
@@ -80,12 +67,11 @@ class NnpModel:
     solver: SolverSpec
     layers: List[Layer]  # functions of the training network
     normalize_images: bool  # divide pixels by 255
-    network_batch_size: int
     proto: object = field(repr=False, default=None)  # nnabla_pb2.NNablaProtoBuf
 
-    @property
-    def layer_types(self) -> List[str]:
-        return sorted({layer.type for layer in self.layers})
+    def network(self, name: str):
+        """The ``network`` message called ``name`` (nnabla_pb2.Network)."""
+        return _network(self.proto, name, self.path)
 
     def layers_of_type(self, *types: str) -> List[Layer]:
         return [layer for layer in self.layers if layer.type in types]
@@ -143,7 +129,7 @@ def load_model(path: Union[str, Path]) -> NnpModel:
         if name not in parameters:
             raise InfluenceError(f"{path}: parameter '{name}' has no stored value")
 
-    solver = _solver_spec(optimizer, state, proto)
+    solver = read_solver_spec(optimizer, state, proto)
     return NnpModel(
         path=path,
         train_network=network.name,
@@ -156,7 +142,6 @@ def load_model(path: Union[str, Path]) -> NnpModel:
         solver=solver,
         layers=[Layer(f.name, f.type) for f in network.function],
         normalize_images=not _no_image_normalization(proto),
-        network_batch_size=int(network.batch_size) if network.batch_size > 0 else 1,
         proto=proto,
     )
 
@@ -347,232 +332,3 @@ def _no_image_normalization(proto) -> bool:
     flags = [d.no_image_normalization for d in proto.dataset]
     flags += [e.no_image_normalization for e in proto.executor]
     return any(flags)
-
-
-_SOLVER_PARAM_FIELDS = {
-    "Sgd": "sgd_param",
-    "SGD": "sgd_param",
-    "SgdW": "sgdw_param",
-    "Momentum": "momentum_param",
-    "Nesterov": "nesterov_param",
-    "Lars": "lars_param",
-    "Adadelta": "adadelta_param",
-    "Adagrad": "adagrad_param",
-    "AdaBelief": "adabelief_param",
-    "RMSprop": "rmsprop_param",
-    "RMSpropGraves": "rmsprop_graves_param",
-    "Adam": "adam_param",
-    "AdamW": "adamw_param",
-    "AdaBound": "adabound_param",
-    "Adamax": "adamax_param",
-    "AMSGRAD": "amsgrad_param",
-    "AMSBound": "amsbound_param",
-    "Lamb": "lamb_param",
-    "Lion": "lion_param",
-}
-
-
-def _solver_spec(optimizer, state, proto) -> SolverSpec:
-    solver = optimizer.solver
-    field_name = _SOLVER_PARAM_FIELDS.get(solver.type)
-    if field_name is None:
-        raise InfluenceError(f"solver '{solver.type}' is not supported by nnabla")
-    message = getattr(solver, field_name)
-    hyper = {f.name: value for f, value in message.ListFields()}
-    hyper.update(
-        {
-            f.name: f.default_value
-            for f in message.DESCRIPTOR.fields
-            if f.name not in hyper and isinstance(f.default_value, (int, float))
-        }
-    )
-    config = proto.training_config
-    start = int(config.max_epoch) * int(config.iter_per_epoch)
-    return SolverSpec(
-        type="Sgd" if solver.type == "SGD" else solver.type,
-        hyper_parameters={k: v for k, v in hyper.items() if isinstance(v, (int, float))},
-        weight_decay=float(solver.weight_decay),
-        proto=copy.deepcopy(solver),
-        state=state,
-        start_iteration=start,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Building graphs
-
-
-@dataclass
-class Graph:
-    """A network built at one batch size: its input placeholders and per-row loss."""
-
-    inputs: Dict[str, object]  # variable_name -> nn.Variable of shape (batch, *row_shape)
-    per_sample_loss: object  # nn.Variable of shape (batch,)
-    batch_size: int
-    outputs: Dict[str, object] = field(default_factory=dict)  # every variable, by name
-
-
-def create_parameter_variables(model: NnpModel) -> Dict[str, object]:
-    """One nn.Variable per parameter, shared by every graph built from ``model``.
-
-    The arrays are copies: training and the retrace never write into ``model.parameters``.
-    """
-    import nnabla as nn
-
-    trainable = set(model.trainable)
-    return {
-        name: nn.Variable.from_numpy_array(value.copy(), need_grad=name in trainable)
-        for name, value in model.parameters.items()
-    }
-
-
-def build_graph(
-    model: NnpModel,
-    params: Dict[str, object],
-    batch_size: int,
-    training: bool,
-    network_name: Optional[str] = None,
-    second_order: bool = False,
-) -> Graph:
-    """Build a network of ``model`` at ``batch_size`` on the shared ``params``.
-
-    ``training`` selects the training network as the solver runs it (BatchNormalization on
-    batch statistics, Dropout active); otherwise the evaluation network in test mode
-    (running statistics, Dropout as identity). ``second_order`` writes layers whose backward
-    nnabla cannot differentiate again as equivalent layers that it can (same values).
-    """
-    import nnabla as nn
-    import nnabla.functions as F
-
-    if batch_size < 1:
-        raise InfluenceError(f"batch size must be at least 1, got {batch_size}")
-    name = network_name or (model.train_network if training else model.eval_network)
-    network = _network(model.proto, name, model.path)
-    shapes = {v.name: tuple(int(d) for d in v.shape.dim) for v in network.variable}
-
-    variables: Dict[str, object] = {}
-    inputs: Dict[str, object] = {}
-    for data in model.data_variables:
-        if data.variable_name in shapes:
-            placeholder = nn.Variable((batch_size,) + data.shape)
-            inputs[data.variable_name] = variables[data.variable_name] = placeholder
-    for function in network.function:
-        args = []
-        for input_name in function.input:
-            if input_name in variables:
-                args.append(variables[input_name])
-            elif input_name in params:
-                args.append(params[input_name])
-            else:
-                raise InfluenceError(
-                    f"{model.path}: layer '{function.name}' reads '{input_name}', which is "
-                    "neither a data variable, a parameter nor an earlier layer's output"
-                )
-        if second_order and function.type in _SECOND_ORDER_EQUIVALENTS:
-            outputs = (_SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
-        else:
-            outputs = _call_function(function, args, batch_size, network.batch_size, training)
-        for output_name, output in zip(function.output, outputs):
-            variables[output_name] = output
-
-    losses = []
-    for loss_name in model.loss_variables:
-        if loss_name not in variables:
-            raise InfluenceError(f"{model.path}: network '{name}' does not compute '{loss_name}'")
-        loss = variables[loss_name]
-        # NNC averages a loss variable over all its elements: a row's share is its mean.
-        axes = tuple(range(1, loss.ndim))
-        losses.append(F.mean(loss, axis=axes) if axes else loss)
-    per_sample = losses[0]
-    for extra in losses[1:]:
-        per_sample = per_sample + extra
-    return Graph(
-        inputs=inputs, per_sample_loss=per_sample, batch_size=batch_size, outputs=variables
-    )
-
-
-def _depthwise_as_grouped_convolution(function, args: Sequence):
-    """DepthwiseConvolution is a Convolution with one group per input channel."""
-    import nnabla.functions as F
-
-    param = function.depthwise_convolution_param
-    x, weight = args[0], args[1]
-    bias = args[2] if len(args) > 2 else None
-    channels = x.shape[param.base_axis]
-    kernel = (weight.shape[0], 1) + tuple(weight.shape[1:])
-    return F.convolution(
-        x,
-        F.reshape(weight, kernel),
-        bias,
-        base_axis=param.base_axis,
-        pad=tuple(param.pad.dim) or None,
-        stride=tuple(param.stride.dim) or None,
-        dilation=tuple(param.dilation.dim) or None,
-        group=channels,
-    )
-
-
-_SECOND_ORDER_EQUIVALENTS = {"DepthwiseConvolution": _depthwise_as_grouped_convolution}
-
-
-def _call_function(function, args: Sequence, batch_size: int, file_batch: int, training: bool):
-    import nnabla as nn
-    import nnabla.functions as F
-    from nnabla.utils.load_function import _create_function_instance
-
-    if not training and function.type in ("Dropout", "ImageAugmentation"):
-        return (F.identity(args[0]),)
-    proto = copy.deepcopy(function)
-    _prepare_function_proto(proto, batch_size, file_batch, training)
-    instance = _create_function_instance(nn.get_current_context(), proto)
-    outputs = instance(*args, n_outputs=len(proto.output), auto_forward=nn.get_auto_forward())
-    return outputs if isinstance(outputs, tuple) else (outputs,)
-
-
-def _prepare_function_proto(proto, batch_size: int, file_batch: int, training: bool) -> None:
-    """Adapt one layer's arguments to this build (batch size, mode, no in-place ops)."""
-    for descriptor, message in proto.ListFields():
-        if descriptor.message_type is None or not descriptor.name.endswith("_param"):
-            continue
-        names = {f.name for f in message.DESCRIPTOR.fields}
-        if "inplace" in names:
-            # Second-order gradients need the layer's input intact.
-            message.inplace = False
-        if "batch_stat" in names and proto.type in (
-            "BatchNormalization",
-            "FusedBatchNormalization",
-        ):
-            message.batch_stat = bool(message.batch_stat) and training
-        if "shape" in names and proto.type in ("Reshape", "Broadcast"):
-            dims = list(message.shape.dim)
-            if dims and dims[0] in (-1, file_batch):
-                dims[0] = batch_size
-                del message.shape.dim[:]
-                message.shape.dim.extend(dims)
-
-
-def layers_without_second_order(model: NnpModel) -> List[Layer]:
-    """Training-network layers whose backward nnabla may not differentiate again.
-
-    Read from nnabla's own backward functions; some refuse only some settings (e.g. Pad in
-    reflect mode), so this names suspects rather than deciding.
-    """
-    import inspect
-
-    from nnabla.backward_functions import registry
-
-    missing = []
-    for layer in model.layers:
-        if layer.type in _SECOND_ORDER_EQUIVALENTS:
-            continue
-        backward = registry.get(layer.type)
-        if backward is None:
-            missing.append(layer)
-            continue
-        try:
-            source = inspect.getsource(backward)
-        except (OSError, TypeError):
-            continue
-        if "NotImplementedError" in source:
-            missing.append(layer)
-    return missing

@@ -16,15 +16,11 @@ from typing import Iterator, List, Optional, Sequence, TextIO
 
 import numpy as np
 
+from .results import ranking
+
 IMAGE_HEADER = ["x:image", "y:label", "influence", "datasource_index"]
 TABULAR_HEADER = ["index", "influence", "datasource_index"]
 STEP_LOG_HEADER = ["epoch", "step", "iteration", "learning_rate", "rows"]
-
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Row indices by ascending influence; ties keep the rows' order (deterministic)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.lexsort((np.arange(len(scores)), scores))
 
 
 def format_float(value: float) -> str:

@@ -1,53 +1,48 @@
 """One run of a plugin: check the inputs, score every training row, write the CSV.
 
 Everything that can be checked is checked before training starts, so that a bad file or
-argument costs seconds, not a retraining.
+argument costs seconds, not a retraining. The scoring itself is :func:`.api.compute_influence`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import nnabla
 import numpy as np
 
-from .context import select_context
+from .api import compute_influence
+from .arguments import InfluenceArguments
+from .context import resolve_context
 from .datasets import Dataset, load_dataset
-from .engine import TrialResult, run_trial
 from .errors import InfluenceError
-from .hvp import HVP_METHODS
+from .graphs import RANDOM_LAYERS
 from .model import NnpModel, load_model
 from .output import write_image_csv, write_step_log, write_tabular_csv
-from .training import MODES
-from .workspace import remove_folder, workspace
+from .progress import BarProgress, Progress
+from .results import InfluenceResult
 
 log = logging.getLogger(__name__)
 
 KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
-RANDOM_LAYERS = ("Dropout", "ImageAugmentation")
 
 
 @dataclass
-class Settings:
-    """What a plugin run needs, as given on the command line."""
+class RunSettings:
+    """Where a plugin run reads and writes, and what it computes on (not how it scores)."""
 
     model: Path
     input_train: Path
     input_val: Path
     output: Path
-    batch_size: int
-    seed: int
-    n_trials: int
     kind: str  # "image" or "tabular"
-    mode: str = "last"
-    epochs: int = 1
-    hvp: str = "auto"
     context: Optional[str] = None
     device_id: str = "0"
     temp_dir: Optional[Path] = None
@@ -66,11 +61,13 @@ class Summary:
     step_log: Optional[Path] = None
 
 
-def run(settings: Settings) -> Summary:
-    """Score every row of ``settings.input_train`` and write the ranked CSV."""
+def run(
+    settings: RunSettings, arguments: InfluenceArguments, progress: Optional[Progress] = None
+) -> Summary:
+    """Score every row of ``settings.input_train`` and write the ranked CSV (bars by default)."""
     start = time.perf_counter()
     check_settings(settings)
-    select_context(settings.context, settings.device_id)
+    resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
     model = load_model(settings.model)
     check_layers(model, settings.kind)
     train = load_dataset(
@@ -88,42 +85,43 @@ def run(settings: Settings) -> Summary:
         "scoring %d training rows against %d validation rows, %d trial(s), batch size %d",
         len(train),
         len(val),
-        settings.n_trials,
-        settings.batch_size,
+        arguments.n_trials,
+        arguments.batch_size,
     )
-
-    with workspace(settings.temp_dir, keep=settings.keep_temp) as folder:
-        scores, first = run_trials(settings, model, train, val, folder)
+    result = compute_influence(
+        model,
+        train,
+        val,
+        **dataclasses.asdict(arguments),
+        context=settings.context,
+        device_id=settings.device_id,
+        temp_dir=settings.temp_dir,
+        keep_temp=settings.keep_temp,
+        progress=BarProgress() if progress is None else progress,
+    )
     step_log = step_log_path(settings.output) if settings.step_log else None
     if step_log is not None:
-        write_step_log(step_log, first.steps)
-    write_output(settings, model, train, scores)
+        write_step_log(step_log, result.steps)
+    write_output(settings, model, train, result)
 
-    seconds = time.perf_counter() - start
+    summary = Summary(
+        len(train), time.perf_counter() - start, Path(settings.output), result.hvp_method, step_log
+    )
     nnabla.logger.log(99, COMPLETION_MESSAGE)
     log.info(
         "scored %d rows in %.1f s (Hessian-vector products: %s); ranking written to %s",
-        len(train),
-        seconds,
-        first.hvp_method,
-        os.path.abspath(settings.output),
+        summary.rows,
+        summary.seconds,
+        summary.hvp_method,
+        os.path.abspath(summary.output),
     )
-    return Summary(len(train), seconds, Path(settings.output), first.hvp_method, step_log)
+    return summary
 
 
-def check_settings(settings: Settings) -> None:
-    """Refuse impossible numbers, unknown choices and unusable paths before any work."""
-    for name in ("batch_size", "n_trials", "epochs"):
-        value = getattr(settings, name)
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise InfluenceError(f"{name} must be a positive integer, got {value!r}")
-    for name, value, choices in (
-        ("kind", settings.kind, KINDS),
-        ("mode", settings.mode, MODES),
-        ("hvp", settings.hvp, HVP_METHODS),
-    ):
-        if value not in choices:
-            raise InfluenceError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+def check_settings(settings: RunSettings) -> None:
+    """Refuse unknown choices and unusable paths before any work."""
+    if settings.kind not in KINDS:
+        raise InfluenceError(f"kind must be one of {', '.join(KINDS)}, got {settings.kind!r}")
     for label, path in (
         ("model", settings.model),
         ("input-train", settings.input_train),
@@ -142,7 +140,7 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def check_output_path(settings: Settings) -> None:
+def check_output_path(settings: RunSettings) -> None:
     """The output must go to an existing, writable folder and never over an input."""
     output = Path(settings.output)
     folder = output.parent
@@ -195,53 +193,18 @@ def _describe(layers: List, model: NnpModel) -> str:
     return f"{noun} {names} in network '{model.train_network}'"
 
 
-def run_trials(
-    settings: Settings, model: NnpModel, train: Dataset, val: Dataset, folder: Path
-) -> Tuple[np.ndarray, TrialResult]:
-    """Run the trials with seeds seed, seed+1, ...; return the mean scores and trial 1."""
-    total = np.zeros(len(train), dtype=np.float64)
-    first = None
-    for index in range(settings.n_trials):
-        workdir = folder / f"trial_{index + 1}"
-        workdir.mkdir()
-        result = run_trial(
-            model,
-            train,
-            val,
-            batch_size=settings.batch_size,
-            seed=settings.seed + index,
-            epochs=settings.epochs,
-            mode=settings.mode,
-            hvp=settings.hvp,
-            workdir=workdir,
-            label=f"trial {index + 1}/{settings.n_trials}",
-        )
-        if not settings.keep_temp:
-            remove_folder(workdir)  # mode "exact" may have stored much there
-        scores = np.asarray(result.scores, dtype=np.float64)
-        if scores.shape != total.shape:
-            raise RuntimeError(f"trial returned {scores.shape} scores for {len(train)} rows")
-        total += scores
-        if first is None:
-            first = result
-    scores = total / settings.n_trials
-    bad = int(np.count_nonzero(~np.isfinite(scores)))
-    if bad:
-        raise InfluenceError(
-            f"influence is not finite for {bad} of {len(scores)} rows: retraining diverged "
-            "(check the model's solver and learning rate, or try a smaller batch size)"
-        )
-    return scores, first
-
-
-def write_output(settings: Settings, model: NnpModel, train: Dataset, scores: np.ndarray) -> None:
-    """Write the ranked rows in the plugin's format (see DESIGN.md, Interfaces)."""
+def write_output(
+    settings: RunSettings, model: NnpModel, train: Dataset, result: InfluenceResult
+) -> None:
+    """Write the ranked rows in the plugin's format (see the README, Output)."""
     table = train.table
     if settings.kind == "image":
-        write_image_csv(settings.output, train.image_paths(), label_texts(model, train), scores)
+        write_image_csv(
+            settings.output, train.image_paths(), label_texts(model, train), result.scores
+        )
     else:
         write_tabular_csv(
-            settings.output, list(table.columns), table.astype(str).values.tolist(), scores
+            settings.output, list(table.columns), table.astype(str).values.tolist(), result.scores
         )
 
 

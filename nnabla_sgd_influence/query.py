@@ -2,46 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
-from .datasets import Dataset
-from .model import NnpModel, build_graph
+from .graphs import GraphCache
+from .progress import SILENT, Progress
 
 
 def validation_gradient(
-    model: NnpModel,
-    params: Dict[str, object],
-    val: Dataset,
-    batch_size: int,
-    label: str = "",
+    graphs: GraphCache, val, batch_size: int, progress: Progress = SILENT
 ) -> Tuple[List[np.ndarray], float]:
     """u = d/dtheta of the mean loss over every validation row, and that mean loss.
 
     Uses the evaluation network (BatchNormalization on running statistics, no Dropout).
     """
-    import nnabla.functions as F
-
-    theta = [params[n] for n in model.trainable]
-    for p in theta:
-        p.grad.zero()
-    graphs: Dict[int, Tuple[object, object]] = {}
+    params = graphs.params
+    params.zero_grad()
     n_rows = len(val)
     total_loss = 0.0
     starts = range(0, n_rows, batch_size)
-    for start in tqdm(starts, desc=f"{label} validation gradient".strip(), leave=False):
+    for start in progress.track(starts, "validation gradient"):
         rows = np.arange(start, min(start + batch_size, n_rows))
-        if len(rows) not in graphs:
-            graph = build_graph(model, params, len(rows), training=False)
-            graphs[len(rows)] = (graph, F.sum(graph.per_sample_loss))
-        graph, summed = graphs[len(rows)]
-        for name, value in val.batch(rows).items():
-            if name in graph.inputs:
-                graph.inputs[name].d = value
-        summed.forward(clear_no_need_grad=True)
-        total_loss += float(summed.d)
+        graph = graphs.loss(len(rows), training=False)
+        graph.feed(val.batch(rows))
+        graph.sum_loss.forward(clear_no_need_grad=True)
+        total_loss += float(graph.sum_loss.d)
         # Gradients accumulate over batches; 1/N makes the sum a mean over all rows.
-        summed.backward(grad=1.0 / n_rows, clear_buffer=True)
-    return [p.g.astype(np.float64) for p in theta], total_loss / n_rows
+        graph.sum_loss.backward(grad=1.0 / n_rows, clear_buffer=True)
+    return params.gradients(), total_loss / n_rows

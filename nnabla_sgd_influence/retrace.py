@@ -21,45 +21,46 @@ Weight decay belongs to the solver: it enters the adjoint update, never a row's 
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import List
 
 import numpy as np
-from tqdm import tqdm
 
-from .datasets import Dataset
-from .model import NnpModel
-from .solvers import linearize
+from .parameters import ParameterSet
+from .progress import SILENT, Progress
+from .solvers import SolverSpec, linearize
 from .training import TrainingRun, snapshots_in_reverse
 
 
 def retrace(
-    model: NnpModel,
-    params: Dict[str, object],
-    train: Dataset,
+    params: ParameterSet,
+    spec: SolverSpec,
+    train,
     run: TrainingRun,
     u: List[np.ndarray],
     step_pass,
     *,
     model_solver: bool = True,
-    label: str = "",
+    progress: Progress = SILENT,
 ) -> np.ndarray:
-    """Influence of every training row on the validation loss (negative: removing it helps)."""
-    theta = [params[n] for n in model.trainable]
-    untouched = _non_trainable_snapshot(model, params)
-    spec = model.solver
+    """Influence of every training row on the validation loss (negative: removing it helps).
+
+    Every parameter, BatchNormalization's running statistics included, is as it was when the
+    retrace returns.
+    """
+    theta = params.theta
     decay = spec.weight_decay
     scores = np.zeros(len(train))
     a_theta = [np.asarray(a, dtype=np.float64) for a in u]
     a_m = [np.zeros_like(a) for a in a_theta]
     a_s = [np.zeros_like(a) for a in a_theta]
-    _set(theta, run.final_theta)
     snapshots = snapshots_in_reverse(run) if run.mode == "exact" else None
-    try:
-        for step in tqdm(run.steps[::-1], desc=f"{label} retrace".strip(), leave=False):
+    with params.preserved():
+        params.set_trainable(run.final_theta)
+        for step in progress.track(run.steps[::-1], "retrace"):
             state = run.final_state
             if snapshots is not None:
                 theta_t, state = next(snapshots)
-                _set(theta, theta_t)
+                params.set_trainable(theta_t)
             update = linearize(
                 spec, step.learning_rate, step.solver_step, state, len(theta), model_solver
             )
@@ -92,27 +93,8 @@ def retrace(
             else:
                 a_m = [update.beta * x - q * at for x, q, at in zip(b, update.q, a_theta)]
             a_theta = new_a_theta
-    finally:
-        _set(theta, run.final_theta)
-        _restore(params, untouched)
     return scores
 
 
 def _float32(arrays: List[np.ndarray]) -> List[np.ndarray]:
     return [a.astype(np.float32) for a in arrays]
-
-
-def _set(variables, arrays) -> None:
-    for variable, value in zip(variables, arrays):
-        variable.d = value
-
-
-def _non_trainable_snapshot(model: NnpModel, params: Dict[str, object]) -> Dict[str, np.ndarray]:
-    """Arrays the retrace's forward passes may touch (BatchNormalization running statistics)."""
-    trainable = set(model.trainable)
-    return {name: v.d.copy() for name, v in params.items() if name not in trainable}
-
-
-def _restore(params: Dict[str, object], arrays: Dict[str, np.ndarray]) -> None:
-    for name, value in arrays.items():
-        params[name].d = value

@@ -5,6 +5,10 @@ schedule. Each step's rows, learning rate and solver step count are recorded. Mo
 keeps only the final parameters (and the final moments of adaptive solvers); mode ``exact``
 also writes theta_t and the solver's moments after every step to disk, one file per step, so
 that the retrace can stream them back in reverse without holding them in memory.
+
+With ``row_weights`` a row's loss counts ``w_j`` times in its batch's mean (the denominator stays
+|S|): leave-one-out retraining (:mod:`.evaluation.ground_truth`) is this same loop with one
+weight at 0.
 """
 
 from __future__ import annotations
@@ -12,19 +16,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
-from tqdm import tqdm
 
-from .datasets import Dataset
-from .errors import InfluenceError
-from .model import NnpModel, build_graph
-from .solvers import create_solver, learning_rate_schedule, retrace_state_names
+from .graphs import GraphCache
+from .progress import SILENT, Progress
+from .solvers import (
+    SolverSpec,
+    SolverState,
+    create_solver,
+    learning_rate_schedule,
+    retrace_state_names,
+    saved_state,
+    solver_arrays,
+    solver_step_count,
+)
 
 log = logging.getLogger(__name__)
-
-MODES = ("last", "exact")
 
 
 @dataclass
@@ -45,11 +54,13 @@ class TrainingRun:
 
     steps: List[Step]
     final_theta: List[np.ndarray]  # trainable parameters after the last step
-    final_state: Dict[str, List[np.ndarray]]  # solver arrays the retrace reads, by state name
+    final_state: SolverState  # solver arrays the retrace reads, by state name
     mode: str
     snapshot_dir: Optional[Path] = None
     stored_bytes: int = 0
     shapes: List[Tuple[int, ...]] = field(default_factory=list)
+    # The solver's whole state after the last step, as SolverSpec.state holds it.
+    solver_state: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
 def batch_order(
@@ -66,47 +77,45 @@ def batch_order(
 
 
 def retrain(
-    model: NnpModel,
-    params: Dict[str, object],
-    train: Dataset,
+    graphs: GraphCache,
+    spec: SolverSpec,
+    train,
     *,
     batch_size: int,
     seed: int,
     epochs: int = 1,
     mode: str = "last",
     workdir: Optional[Path] = None,
-    label: str = "",
+    progress: Progress = SILENT,
+    row_weights: Optional[np.ndarray] = None,
 ) -> TrainingRun:
-    """Run ``epochs`` epochs of the ``.nnp``'s solver on ``train``, updating ``params`` in place."""
+    """Run ``epochs`` epochs of ``spec``'s solver on ``train``, updating the parameters in place."""
     import nnabla as nn
-    import nnabla.functions as F
 
-    if mode not in MODES:
-        raise InfluenceError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
     if mode == "exact" and workdir is None:
         raise ValueError("mode 'exact' needs a working folder for the per-step snapshots")
     nn.seed(seed)
-    spec = model.solver
-    trainable = {name: params[name] for name in model.trainable}
-    solver = create_solver(spec, trainable)
+    params = graphs.params
+    names = params.trainable
+    solver = create_solver(spec, dict(zip(names, params.theta)))
     schedule = learning_rate_schedule(spec)
     state_names = retrace_state_names(spec)
     snapshots = _SnapshotWriter(Path(workdir) / f"snapshots-{seed}") if mode == "exact" else None
 
-    graphs: Dict[int, Tuple[object, object]] = {}
     steps: List[Step] = []
     plan = batch_order(len(train), batch_size, seed, epochs)
     step_in_epoch = 0
-    for index, (epoch, rows) in enumerate(
-        tqdm(plan, desc=f"{label} retraining".strip(), leave=False)
-    ):
+    for index, (epoch, rows) in enumerate(progress.track(plan, "retraining")):
         if index and plan[index - 1][0] != epoch:
             step_in_epoch = 0
-        if len(rows) not in graphs:
-            graphs[len(rows)] = _training_graph(model, params, len(rows), F)
-        graph, loss = graphs[len(rows)]
-        _feed(graph, train.batch(rows))
-        theta_before = [trainable[n].d.copy() for n in model.trainable] if snapshots else None
+        graph = graphs.loss(len(rows), training=True)
+        graph.feed(train.batch(rows))
+        if row_weights is None:
+            loss = graph.mean_loss
+        else:
+            graph.weights.d = np.asarray(row_weights, dtype=np.float32)[rows]
+            loss = graph.weighted_mean_loss
+        theta_before = params.trainable_arrays() if snapshots else None
         loss.forward(clear_no_need_grad=True)
         solver.zero_grad()
         loss.backward(clear_buffer=True)
@@ -116,14 +125,14 @@ def retrain(
         learning_rate = schedule(iteration)
         solver.set_learning_rate(learning_rate)
         solver.update()
-        solver_step = _solver_step(solver, model.trainable)
+        solver_step = solver_step_count(solver, names)
         steps.append(Step(epoch, step_in_epoch, iteration, learning_rate, rows, solver_step))
         step_in_epoch += 1
         if snapshots is not None:
-            snapshots.write(theta_before, _solver_state(solver, model.trainable, state_names))
+            snapshots.write(theta_before, solver_arrays(solver, names, state_names))
 
-    final_state = _solver_state(solver, model.trainable, state_names)
-    final_theta = [trainable[n].d.copy() for n in model.trainable]
+    final_state = solver_arrays(solver, names, state_names)
+    final_theta = params.trainable_arrays()
     kept = sum(a.nbytes for a in final_theta)
     kept += sum(a.nbytes for arrays in final_state.values() for a in arrays)
     return TrainingRun(
@@ -133,33 +142,9 @@ def retrain(
         mode=mode,
         snapshot_dir=snapshots.folder if snapshots else None,
         stored_bytes=snapshots.bytes_written if snapshots else kept,
-        shapes=[tuple(trainable[n].shape) for n in model.trainable],
+        shapes=params.shapes,
+        solver_state=saved_state(solver),
     )
-
-
-def _training_graph(model: NnpModel, params: Dict[str, object], batch_size: int, F):
-    graph = build_graph(model, params, batch_size, training=True)
-    return graph, F.mean(graph.per_sample_loss)
-
-
-def _feed(graph, batch: Dict[str, np.ndarray]) -> None:
-    for name, variable in graph.inputs.items():
-        variable.d = batch[name]
-
-
-def _solver_step(solver, names: Sequence[str]) -> int:
-    states = solver.get_states()
-    return int(states[names[0]].t) if names and names[0] in states else 0
-
-
-def _solver_state(
-    solver, names: Sequence[str], state_names: Sequence[str]
-) -> Dict[str, List[np.ndarray]]:
-    states = solver.get_states()
-    return {
-        key: [np.array(states[n].pstate[key].data.get_data("r")) for n in names]
-        for key in state_names
-    }
 
 
 class _SnapshotWriter:
@@ -180,9 +165,7 @@ class _SnapshotWriter:
         self.count += 1
 
 
-def snapshots_in_reverse(
-    run: TrainingRun,
-) -> Iterator[Tuple[List[np.ndarray], Dict[str, List[np.ndarray]]]]:
+def snapshots_in_reverse(run: TrainingRun) -> Iterator[Tuple[List[np.ndarray], SolverState]]:
     """theta_t and the solver state of every step, last step first (mode ``exact``)."""
     sizes = [int(np.prod(s)) for s in run.shapes]
     for index in range(len(run.steps) - 1, -1, -1):

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from nnabla_sgd_influence.datasets import load_dataset
+from nnabla_sgd_influence.graphs import GraphCache
 from nnabla_sgd_influence.hvp import AutodiffPass, per_row_reference
-from nnabla_sgd_influence.model import create_parameter_variables, load_model
+from nnabla_sgd_influence.model import load_model
+from nnabla_sgd_influence.parameters import ParameterSet
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -76,16 +78,6 @@ def test_random_ranking_is_a_seeded_permutation_with_the_expected_share(cleansin
     assert np.mean(shares) == pytest.approx(0.1, abs=0.01)
 
 
-def test_row_subset_serves_the_kept_rows(cleansing):
-    class Rows:
-        def batch(self, rows):
-            return {"x": np.asarray(rows) * 10}
-
-    subset = cleansing.RowSubset(Rows(), np.array([2, 5, 7]))
-    assert len(subset) == 3
-    np.testing.assert_array_equal(subset.batch(np.array([2, 0]))["x"], [70, 20])
-
-
 def test_predicted_labels_by_loss_head(cleansing):
     probabilities = np.array([[0.7], [0.2], [0.51]])
     np.testing.assert_array_equal(
@@ -116,7 +108,7 @@ def test_report_formatting(cleansing):
 )
 def test_evaluator_reproduces_the_saved_test_accuracy(cleansing, samples_dir, model, data):
     loaded = cleansing.load_case(cleansing.Case(model, data, 32), samples_dir)
-    params = create_parameter_variables(loaded.model)
+    params = ParameterSet(loaded.model)
     accuracy = cleansing.Evaluator(loaded.model, params, loaded.test).accuracy()
     metrics = json.loads((samples_dir / "models" / model / "metrics.json").read_text())
     assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
@@ -126,7 +118,7 @@ def test_evaluator_reproduces_the_saved_test_accuracy(cleansing, samples_dir, mo
 def test_training_loss_baseline_matches_the_closed_form(cleansing, samples_dir):
     loaded = cleansing.load_case(cleansing.Case("cancer_logreg_noisy", "cancer", 64), samples_dir)
     model = loaded.model
-    params = create_parameter_variables(model)
+    params = ParameterSet(model)
     losses = cleansing.Evaluator(model, params, loaded.train).losses()
     w = next(model.parameters[n] for n in model.trainable if n.endswith("/W")).ravel()
     b = next(model.parameters[n] for n in model.trainable if n.endswith("/b")).ravel()[0]
@@ -179,13 +171,11 @@ def test_format_table_aligns_columns(bench):
 def test_batch_of_one_loop_equals_per_row_reference_without_batchnorm(bench, samples_dir):
     model = load_model(samples_dir / "models" / "cancer_mlp" / "results.nnp")
     train = load_dataset(samples_dir / "cancer" / "train.csv", model.data_variables)
-    params = create_parameter_variables(model)
+    graphs = GraphCache(model, ParameterSet(model))
     batch = train.batch(np.arange(10, 22))
     v = bench.random_direction(model, seed=3)
-    looped = bench.batch_of_one_loop(
-        AutodiffPass(model, params), bench.one_row_graph(model, params), batch, v
-    )
-    reference = per_row_reference(model, params, batch, v)
+    looped = bench.batch_of_one_loop(AutodiffPass(graphs), bench.one_row_graph(graphs), batch, v)
+    reference = per_row_reference(graphs, batch, v)
     assert np.max(np.abs(reference[0])) > 0
     assert bench.max_relative_difference(reference, looped) < 1e-4
 

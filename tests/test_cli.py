@@ -25,17 +25,18 @@ from plugin_helpers import (
 )
 
 from nnabla_sgd_influence import context as context_module
+from nnabla_sgd_influence.arguments import InfluenceArguments
 from nnabla_sgd_influence.cli import build_parser
 from nnabla_sgd_influence.errors import InfluenceError
 from nnabla_sgd_influence.output import (
     format_float,
-    ranking,
     relative_path,
     write_image_csv,
     write_step_log,
     write_tabular_csv,
 )
-from nnabla_sgd_influence.pipeline import Settings, check_settings, step_log_path
+from nnabla_sgd_influence.pipeline import RunSettings, check_settings, step_log_path
+from nnabla_sgd_influence.results import ranking
 from nnabla_sgd_influence.workspace import PREFIX, workspace
 
 SCRIPTS = {"image": IMAGE_SCRIPT, "tabular": TABULAR_SCRIPT}
@@ -301,7 +302,7 @@ def test_exit_codes(monkeypatch, capsys, raised, code, line):
     import nnabla_sgd_influence.cli as cli
     import nnabla_sgd_influence.pipeline as pipeline
 
-    def fail(_settings):
+    def fail(_settings, _arguments):
         raise raised
 
     monkeypatch.setattr(pipeline, "run", fail)
@@ -317,7 +318,7 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
     import nnabla_sgd_influence.cli as cli
     import nnabla_sgd_influence.pipeline as pipeline
 
-    def fail(_settings):
+    def fail(_settings, _arguments):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pipeline, "run", fail)
@@ -333,24 +334,24 @@ def test_arguments_reach_the_settings(monkeypatch):
     import nnabla_sgd_influence.pipeline as pipeline
 
     seen = []
-    monkeypatch.setattr(pipeline, "run", seen.append)
+    monkeypatch.setattr(pipeline, "run", lambda *given: seen.append(given))
     monkeypatch.setattr(cli, "configure_logging", lambda debug: None)
     monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
     argv = ["-t", "a.csv", "-v", "b.csv", "-nt", "3", "-s", "7"]
     argv += ["--temp-dir", "t", "--step-log", "--hvp", "autodiff"]
     assert cli.main_image(argv) == 0
-    (settings,) = seen
-    assert (settings.kind, settings.batch_size) == ("image", 32)
-    assert (settings.n_trials, settings.seed) == (3, 7)
+    ((settings, arguments),) = seen
+    assert (settings.kind, arguments.batch_size) == ("image", 32)
+    assert (arguments.n_trials, arguments.seed) == (3, 7)
     assert settings.model == Path("results.nnp") and settings.output == Path("influence.csv")
-    assert settings.temp_dir == Path("t") and settings.step_log and settings.hvp == "autodiff"
+    assert settings.temp_dir == Path("t") and settings.step_log and arguments.hvp == "autodiff"
 
 
 # --------------------------------------------------------------------------------------
 # Settings checks (in process)
 
 
-def settings(tmp_path: Path, **changes) -> Settings:
+def settings(tmp_path: Path, **changes) -> RunSettings:
     for name in ("m.nnp", "t.csv", "v.csv"):
         (tmp_path / name).write_text("x")
     values = dict(
@@ -358,13 +359,10 @@ def settings(tmp_path: Path, **changes) -> Settings:
         input_train=tmp_path / "t.csv",
         input_val=tmp_path / "v.csv",
         output=tmp_path / "o.csv",
-        batch_size=8,
-        seed=0,
-        n_trials=1,
         kind="image",
     )
     values.update(changes)
-    return Settings(**values)
+    return RunSettings(**values)
 
 
 @pytest.mark.parametrize(
@@ -373,8 +371,26 @@ def settings(tmp_path: Path, **changes) -> Settings:
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"n_trials": 0}, "n_trials must be a positive integer"),
         ({"epochs": -1}, "epochs must be a positive integer"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
         ({"mode": "all"}, "mode must be one of last, exact"),
         ({"hvp": "magic"}, "hvp must be one of"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"seed": 2**32}, r"seed must be an integer in \[0, 4294967295\]"),
+        ({"seed": 2**32 - 2, "n_trials": 3}, "needs seeds up to 4294967296"),
+    ],
+)
+def test_arguments_are_checked(changes, message):
+    with pytest.raises(InfluenceError, match=message):
+        InfluenceArguments(**changes)
+
+
+def test_the_last_seed_is_accepted():
+    assert InfluenceArguments(seed=2**32 - 3, n_trials=3).seed_of(2) == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
         ({"kind": "audio"}, "kind must be one of"),
         ({"temp_dir": Path("/nonexistent/folder")}, "temporary folder parent not found"),
     ],
@@ -455,7 +471,7 @@ def test_cudnn_without_the_extension_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NNABLA_CUDNN_DETERMINISTIC", raising=False)
     monkeypatch.setitem(sys.modules, "nnabla_ext.cuda", None)  # import fails
     with pytest.raises(InfluenceError) as error:
-        context_module.activate_context("cudnn", "0")
+        context_module.create_context("cudnn", "0")
     assert str(error.value) == (
         "context 'cudnn' needs the nnabla-ext-cuda package matching your CUDA "
         "(e.g. pip install nnabla-ext-cuda120)"
@@ -463,11 +479,12 @@ def test_cudnn_without_the_extension_is_a_clear_error(monkeypatch):
     assert os.environ["NNABLA_CUDNN_DETERMINISTIC"] == "1"
 
 
-def test_cpu_context_is_activated():
+def test_cpu_context_is_created_without_changing_the_default():
     import nnabla as nn
 
-    context_module.activate_context("cpu")
-    assert nn.get_current_context().backend == ["cpu:float"]
+    before = nn.get_current_context()
+    assert context_module.create_context("cpu").backend == ["cpu:float"]
+    assert nn.get_current_context() == before
 
 
 # --------------------------------------------------------------------------------------

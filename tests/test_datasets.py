@@ -144,6 +144,17 @@ def test_image_cache_is_uint8_and_batch_returns_requested_rows_in_order(tmp_path
     np.testing.assert_array_equal(batch["CategoricalCrossEntropy_T"][:, 0], rows)
 
 
+def test_subset_is_a_dataset_of_the_chosen_rows(tmp_path):
+    dataset = load_dataset(mnist_like(tmp_path, n=6), NNC_IMAGE_VARIABLES)
+    subset = dataset.subset(np.array([4, 1, 5]))
+    assert len(subset) == 3
+    for name, values in subset.batch(np.array([2, 0])).items():
+        np.testing.assert_array_equal(values, dataset.batch(np.array([5, 4]))[name])
+    assert subset.image_paths() == [dataset.image_paths()[i] for i in (4, 1, 5)]
+    assert subset.table["x:image"].tolist() == ["images/4.png", "images/1.png", "images/5.png"]
+    assert len(dataset) == 6  # the original is untouched
+
+
 def test_empty_batch_and_rows_out_of_range(tmp_path):
     dataset = load_dataset(mnist_like(tmp_path, n=2), NNC_IMAGE_VARIABLES)
     assert dataset.batch(np.array([], dtype=np.int64))["Input"].shape == (0, 1, 28, 28)

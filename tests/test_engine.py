@@ -12,19 +12,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nnabla_sgd_influence.arguments import InfluenceArguments
 from nnabla_sgd_influence.datasets import load_dataset
 from nnabla_sgd_influence.engine import run_trial
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.evaluation import FirstRows, LeaveOneOut, flat, kendall_tau
+from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
+from nnabla_sgd_influence.evaluation.metrics import kendall_tau
+from nnabla_sgd_influence.graphs import GraphCache
 from nnabla_sgd_influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
     create_pass,
     per_row_reference,
 )
-from nnabla_sgd_influence.model import create_parameter_variables, load_model
+from nnabla_sgd_influence.model import load_model
+from nnabla_sgd_influence.parameters import ParameterSet
 from nnabla_sgd_influence.retrace import retrace
 from nnabla_sgd_influence.training import retrain
+
+
+def flat(arrays):
+    return np.concatenate([np.ravel(a) for a in arrays])
+
+
+def _graphs(model) -> GraphCache:
+    return GraphCache(model, ParameterSet(model))
 
 
 def _load(samples_dir: Path, model: str, data: str, train_csv: str = "train.csv"):
@@ -46,11 +58,12 @@ def _random_direction(params, names, seed=0):
 
 def test_logistic_regression_pass_matches_closed_form(samples_dir):
     m, train, _ = _load(samples_dir, "cancer_logreg", "cancer")
-    params = create_parameter_variables(m)
+    graphs = _graphs(m)
+    params = graphs.params
     rows = np.arange(40)
     batch = train.batch(rows)
     v = _random_direction(params, m.trainable)
-    dots, hv = AutodiffPass(m, params)(batch, v)
+    dots, hv = AutodiffPass(graphs)(batch, v)
 
     # l_i = BCE(sigmoid(w.x + b), y): g_i = (s - y) [x; 1], H_i = s (1 - s) [x; 1][x; 1]^T
     names = dict(zip(m.trainable, range(len(m.trainable))))
@@ -75,11 +88,11 @@ def test_logistic_regression_pass_matches_closed_form(samples_dir):
 )
 def test_batched_pass_equals_per_row_loop(samples_dir, model, data):
     m, train, _ = _load(samples_dir, model, data)
-    params = create_parameter_variables(m)
+    graphs = _graphs(m)
     batch = train.batch(np.arange(3, 19))
-    v = _random_direction(params, m.trainable, seed=1)
-    dots, hv = AutodiffPass(m, params)(batch, v)
-    ref_dots, ref_hv = per_row_reference(m, params, batch, v)
+    v = _random_direction(graphs.params, m.trainable, seed=1)
+    dots, hv = AutodiffPass(graphs)(batch, v)
+    ref_dots, ref_hv = per_row_reference(graphs, batch, v)
     np.testing.assert_allclose(dots, ref_dots, rtol=1e-4, atol=1e-6 * np.abs(ref_dots).max())
     scale = np.abs(flat(ref_hv)).max()
     np.testing.assert_allclose(flat(hv), flat(ref_hv), rtol=1e-4, atol=1e-5 * scale)
@@ -87,11 +100,11 @@ def test_batched_pass_equals_per_row_loop(samples_dir, model, data):
 
 def test_finite_difference_pass_agrees_with_autodiff(samples_dir):
     m, train, _ = _load(samples_dir, "cancer_mlp", "cancer")
-    params = create_parameter_variables(m)
+    graphs = _graphs(m)
     batch = train.batch(np.arange(32))
-    v = _random_direction(params, m.trainable, seed=2)
-    dots, hv = AutodiffPass(m, params)(batch, v)
-    fd_dots, fd_hv = FiniteDifferencePass(m, params)(batch, v)
+    v = _random_direction(graphs.params, m.trainable, seed=2)
+    dots, hv = AutodiffPass(graphs)(batch, v)
+    fd_dots, fd_hv = FiniteDifferencePass(graphs)(batch, v)
     np.testing.assert_allclose(fd_dots, dots, rtol=2e-2, atol=2e-3 * np.abs(dots).max())
     np.testing.assert_allclose(flat(fd_hv), flat(hv), rtol=5e-2, atol=2e-2 * np.abs(flat(hv)).max())
 
@@ -106,14 +119,14 @@ def test_one_sgd_step_is_exact_for_a_linear_objective(samples_dir, tmp_path):
     # A large step keeps the float32 change of theta well above rounding.
     solver = dataclasses.replace(m.solver, hyper_parameters={"lr": 50.0})
     m = dataclasses.replace(m, solver=solver)
-    train = FirstRows(train, 24)
-    params = create_parameter_variables(m)
-    run = retrain(m, params, train, batch_size=24, seed=0, mode="exact", workdir=tmp_path)
+    train = train.subset(np.arange(24))
+    graphs = _graphs(m)
+    params = graphs.params
+    run = retrain(graphs, m.solver, train, batch_size=24, seed=0, mode="exact", workdir=tmp_path)
     assert len(run.steps) == 1
     u = _random_direction(params, m.trainable, seed=3)
-    scores = retrace(
-        m, params, train, run, [a.astype(np.float64) for a in u], AutodiffPass(m, params)
-    )
+    u = [a.astype(np.float64) for a in u]
+    scores = retrace(params, m.solver, train, run, u, AutodiffPass(graphs))
 
     truth = LeaveOneOut(m, train, train, batch_size=24, seed=0, epochs=1)
     objective = []
@@ -127,12 +140,13 @@ def test_one_sgd_step_is_exact_for_a_linear_objective(samples_dir, tmp_path):
 
 def test_retrace_leaves_parameters_and_batch_statistics_unchanged(samples_dir, tmp_path):
     m, train, val = _load(samples_dir, "digits_cnn", "digits")
-    train = FirstRows(train, 64)
-    params = create_parameter_variables(m)
-    run = retrain(m, params, train, batch_size=32, seed=0, epochs=1)
-    after_training = {k: v.d.copy() for k, v in params.items()}
+    train = train.subset(np.arange(64))
+    graphs = _graphs(m)
+    params = graphs.params
+    run = retrain(graphs, m.solver, train, batch_size=32, seed=0, epochs=1)
+    after_training = {k: v.d.copy() for k, v in params.variables.items()}
     u = _random_direction(params, m.trainable)
-    retrace(m, params, train, run, u, AutodiffPass(m, params))
+    retrace(params, m.solver, train, run, u, AutodiffPass(graphs))
     for name, value in after_training.items():
         np.testing.assert_array_equal(params[name].d, value, err_msg=name)
     assert any("mean" in n for n in m.parameters) and not any("mean" in n for n in m.trainable)
@@ -142,19 +156,21 @@ def test_retrace_leaves_parameters_and_batch_statistics_unchanged(samples_dir, t
 
 def test_exact_mode_streams_one_snapshot_per_step(samples_dir, tmp_path):
     m, train, val = _load(samples_dir, "cancer_mlp", "cancer")
-    result = run_trial(m, train, val, batch_size=32, seed=0, mode="exact", workdir=tmp_path)
+    exact = InfluenceArguments(batch_size=32, mode="exact")
+    result = run_trial(m, train, val, exact, workdir=tmp_path)
     files = sorted((tmp_path / "snapshots-0").glob("*.npy"))
     assert len(files) == len(result.steps) == int(np.ceil(len(train) / 32))
     assert result.stored_bytes == sum(f.stat().st_size for f in files)
-    last = run_trial(m, train, val, batch_size=32, seed=0, mode="last", workdir=tmp_path)
+    last = run_trial(m, train, val, InfluenceArguments(batch_size=32), workdir=tmp_path)
     assert last.stored_bytes < result.stored_bytes / 5
 
 
 def test_trials_are_deterministic_and_seed_dependent(samples_dir, tmp_path):
     m, train, val = _load(samples_dir, "cancer_mlp", "cancer")
-    a = run_trial(m, train, val, batch_size=32, seed=4, workdir=tmp_path)
-    b = run_trial(m, train, val, batch_size=32, seed=4, workdir=tmp_path)
-    c = run_trial(m, train, val, batch_size=32, seed=5, workdir=tmp_path)
+    a = run_trial(m, train, val, InfluenceArguments(batch_size=32, seed=4))
+    b = run_trial(m, train, val, InfluenceArguments(batch_size=32, seed=4))
+    c = run_trial(m, train, val, InfluenceArguments(batch_size=32, seed=4), trial=1)
+    assert c.seed == 5
     np.testing.assert_array_equal(a.scores, b.scores)
     assert not np.array_equal(a.scores, c.scores)
     assert sorted(np.concatenate([s.rows for s in a.steps]).tolist()) == list(range(len(train)))
@@ -165,9 +181,9 @@ def test_finite_difference_ranking_agrees_with_autodiff(samples_dir, tmp_path, m
     """On smooth networks (tanh, sigmoid); see the README for ReLU/max-pooling networks."""
     data = "cancer"
     m, train, val = _load(samples_dir, model, data)
-    train = FirstRows(train, 256)
+    train = train.subset(np.arange(256))
     runs = {
-        method: run_trial(m, train, val, batch_size=32, seed=0, hvp=method, workdir=tmp_path)
+        method: run_trial(m, train, val, InfluenceArguments(batch_size=32, hvp=method))
         for method in ("autodiff", "finite-difference")
     }
     assert runs["finite-difference"].hvp_method == "finite-difference"
@@ -269,17 +285,18 @@ def test_depthwise_convolution_is_differentiated_twice_as_grouped_convolution(tm
     _write_model(path, _MIDDLE_LAYERS["DepthwiseConvolution"])
     m = load_model(path)
     assert [layer.type for layer in m.layers][0] == "DepthwiseConvolution"
-    params = create_parameter_variables(m)
-    step_pass = create_pass(m, params, "auto")
+    graphs = _graphs(m)
+    step_pass = create_pass(graphs, "auto")
     assert isinstance(step_pass, AutodiffPass)
     train, val = _ArrayDataset(40, 0), _ArrayDataset(12, 1)
     batch = train.batch(np.arange(8))
-    v = _random_direction(params, m.trainable, seed=4)
+    v = _random_direction(graphs.params, m.trainable, seed=4)
     dots, hv = step_pass(batch, v)
-    ref_dots, ref_hv = per_row_reference(m, params, batch, v)
+    ref_dots, ref_hv = per_row_reference(graphs, batch, v)
     np.testing.assert_allclose(dots, ref_dots, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(flat(hv), flat(ref_hv), rtol=1e-4, atol=1e-5)
-    result = run_trial(m, train, val, batch_size=8, seed=0, mode="exact", workdir=tmp_path)
+    exact = InfluenceArguments(batch_size=8, mode="exact")
+    result = run_trial(m, train, val, exact, workdir=tmp_path)
     truth = LeaveOneOut(m, train, val, batch_size=8, seed=0, epochs=1).changes()
     assert kendall_tau(result.scores, truth) >= 0.95
 
@@ -290,10 +307,10 @@ def test_layer_without_second_order_falls_back_to_finite_differences(tmp_path, c
     m = load_model(path)
     train, val = _ArrayDataset(40, 0), _ArrayDataset(12, 1)
     with caplog.at_level("WARNING"):
-        result = run_trial(m, train, val, batch_size=8, seed=0, mode="exact", workdir=tmp_path)
+        result = run_trial(m, train, val, InfluenceArguments(batch_size=8, mode="exact"))
     assert result.hvp_method == "finite-difference"
     assert "'Mirror' (Flip)" in caplog.text
     truth = LeaveOneOut(m, train, val, batch_size=8, seed=0, epochs=1).changes()
     assert kendall_tau(result.scores, truth) >= 0.95
     with pytest.raises(InfluenceError, match="'Mirror' \\(Flip\\) has no second-order"):
-        run_trial(m, train, val, batch_size=8, seed=0, hvp="autodiff", workdir=tmp_path)
+        run_trial(m, train, val, InfluenceArguments(batch_size=8, hvp="autodiff"))

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.evaluation import (
-    FirstRows,
-    LeaveOneOut,
-    agreement_with_leave_one_out,
-    reinitialized,
-    with_solver,
-)
+from nnabla_sgd_influence.evaluation.agreement import agreement_with_leave_one_out
+from nnabla_sgd_influence.evaluation.variants import reinitialized, trained_further, with_solver
 from nnabla_sgd_influence.model import load_model
 
 N_ROWS = 200
@@ -31,7 +27,7 @@ def _problem(samples_dir: Path, name: str):
     folder = samples_dir / "cancer"
     train = load_dataset(folder / "train.csv", model.data_variables)
     val = load_dataset(folder / "val.csv", model.data_variables, role="input-val")
-    return model, FirstRows(train, N_ROWS), val
+    return model, train.subset(np.arange(N_ROWS)), val
 
 
 @pytest.mark.parametrize("mode", ["exact", "last"])
@@ -58,7 +54,7 @@ def test_adam_linearization_beats_plain_sgd_retrace(samples_dir, tmp_path):
     """An Adam-trained MLP: retracing Adam's preconditioned momentum update vs. plain SGD's."""
     model, train, val = _problem(samples_dir, "cancer_mlp")
     start = with_solver(model, "Adam", ADAM)
-    trained = LeaveOneOut(start, train, val, batch_size=32, seed=7, epochs=5).trained_model()
+    trained = trained_further(start, train, batch_size=32, seed=7, epochs=5)
     assert trained.solver.state and all("var" in s for s in trained.solver.state.values())
     common = dict(epochs=1, mode="exact", workdir=tmp_path)
     modeled = agreement_with_leave_one_out(trained, train, val, **common)
@@ -75,7 +71,7 @@ def test_cnn_with_batch_normalization_in_the_linear_regime(samples_dir, tmp_path
     """
     model = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
     folder = samples_dir / "digits"
-    train = FirstRows(load_dataset(folder / "train.csv", model.data_variables), N_ROWS)
+    train = load_dataset(folder / "train.csv", model.data_variables).subset(np.arange(N_ROWS))
     val = load_dataset(folder / "val.csv", model.data_variables, role="input-val")
     model = with_solver(model, "Sgd", {"lr": 0.002})
     result = agreement_with_leave_one_out(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -10,12 +11,9 @@ import numpy as np
 import pytest
 
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.model import (
-    build_graph,
-    create_parameter_variables,
-    layers_without_second_order,
-    load_model,
-)
+from nnabla_sgd_influence.graphs import build_loss_graph, layers_without_second_order
+from nnabla_sgd_influence.model import load_model
+from nnabla_sgd_influence.parameters import ParameterSet
 from nnabla_sgd_influence.solvers import create_solver, learning_rate_schedule
 
 
@@ -67,12 +65,12 @@ def test_real_nnc_model_is_described_correctly(nnc_fixture):
 
 def test_real_nnc_model_gives_one_loss_per_row(nnc_fixture):
     model = load_model(nnc_fixture)
-    params = create_parameter_variables(model)
+    params = ParameterSet(model)
     rng = np.random.RandomState(0)
     images = rng.rand(7, 1, 28, 28).astype(np.float32)
     labels = rng.randint(0, 10, (7, 1))
     for training in (True, False):
-        graph = build_graph(model, params, 7, training=training)
+        graph = build_loss_graph(model, params, 7, training=training)
         graph.inputs["Input"].d = images
         graph.inputs["CategoricalCrossEntropy_T"].d = labels
         graph.per_sample_loss.forward()
@@ -88,9 +86,9 @@ def test_real_nnc_model_gives_one_loss_per_row(nnc_fixture):
 def test_building_graphs_never_changes_stored_parameters(samples_dir, name):
     path = samples_dir / "models" / name / "results.nnp"
     model = load_model(path)
-    params = create_parameter_variables(model)
+    params = ParameterSet(model)
     for batch_size, training in [(1, True), (5, False), (64, True), (3, False)]:
-        build_graph(model, params, batch_size, training=training)
+        build_loss_graph(model, params, batch_size, training=training)
     stored = _stored_parameters(path)
     assert set(stored) == set(model.parameters)
     for key, value in stored.items():
@@ -109,11 +107,12 @@ def test_batch_norm_statistics_are_not_trained(samples_dir):
 def test_evaluation_mode_uses_running_statistics_and_skips_dropout(samples_dir):
     model = load_model(samples_dir / "models" / "cancer_mlp_dropout" / "results.nnp")
     assert [layer.name for layer in model.layers_of_type("Dropout")]
-    params = create_parameter_variables(model)
+    model = dataclasses.replace(model, eval_network=model.train_network)  # no monitor network
+    params = ParameterSet(model)
     x = np.random.RandomState(1).randn(8, 30).astype(np.float32)
     results = []
     for _ in range(2):
-        graph = build_graph(model, params, 8, training=False, network_name=model.train_network)
+        graph = build_loss_graph(model, params, 8, training=False)
         graph.inputs["Input"].d = x
         graph.inputs[model.data_variables[1].variable_name].d = np.zeros((8, 1))
         graph.per_sample_loss.forward()
@@ -126,7 +125,7 @@ def test_sample_solver_and_schedule(samples_dir):
     assert model.solver.type == "Sgd"
     schedule = learning_rate_schedule(model.solver)
     assert schedule(0) == pytest.approx(model.solver.hyper_parameters["lr"])
-    params = create_parameter_variables(model)
+    params = ParameterSet(model)
     solver = create_solver(model.solver, {n: params[n] for n in model.trainable})
     assert solver.learning_rate() == pytest.approx(model.solver.hyper_parameters["lr"])
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.evaluation import (
-    FirstRows,
-    LeaveOneOut,
-    agreement_with_leave_one_out,
-    with_solver,
+from nnabla_sgd_influence.evaluation.agreement import agreement_with_leave_one_out
+from nnabla_sgd_influence.evaluation.variants import trained_further, with_solver
+from nnabla_sgd_influence.model import load_model
+from nnabla_sgd_influence.solvers import (
+    SolverSpec,
+    create_solver,
+    linearize,
+    retrace_state_names,
 )
-from nnabla_sgd_influence.model import SolverSpec, load_model
-from nnabla_sgd_influence.solvers import create_solver, linearize, retrace_state_names
 
 ADAM = {"alpha": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 SOLVERS = {
@@ -95,7 +96,7 @@ def mlp_problem(samples_dir):
     model = load_model(samples_dir / "models" / "cancer_mlp" / "results.nnp")
     train = load_dataset(samples_dir / "cancer" / "train.csv", model.data_variables)
     val = load_dataset(samples_dir / "cancer" / "val.csv", model.data_variables, role="input-val")
-    return model, FirstRows(train, 200), val
+    return model, train.subset(np.arange(200)), val
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,7 @@ def test_retrace_of_each_solver_against_leave_one_out(mlp_problem, tmp_path, kin
     """An MLP trained 3 epochs with ``kind``, then retrained 1 epoch: tau of modeled vs plain."""
     model, train, val = mlp_problem
     start = with_solver(model, kind, SOLVERS[kind], weight_decay)
-    trained = LeaveOneOut(start, train, val, batch_size=32, seed=7, epochs=3).trained_model()
+    trained = trained_further(start, train, batch_size=32, seed=7, epochs=3)
     common = dict(epochs=1, mode="exact", workdir=tmp_path)
     modeled = agreement_with_leave_one_out(trained, train, val, **common).tau
     plain = agreement_with_leave_one_out(trained, train, val, model_solver=False, **common).tau
