@@ -73,6 +73,7 @@ class Settings:
 
 FULL = Settings(seeds=tuple(range(5)), removals=(0, 10, 20, 50, 100, 200), epochs=None)
 QUICK = Settings(seeds=(0, 1), removals=(0, 20, 100), epochs=2)
+SMOKE = Settings(seeds=(0,), removals=(0, 20), epochs=1)  # the least that runs every part
 
 
 # --------------------------------------------------------------------------------------
@@ -371,10 +372,10 @@ def share_table(results: Sequence[CaseResult], n_seeds: int) -> List[str]:
     return markdown_table(headers, rows)
 
 
-def report_lines(results: Sequence[CaseResult], settings: Settings, quick: bool) -> List[str]:
+def report_lines(results: Sequence[CaseResult], settings: Settings, size: str) -> List[str]:
     """The whole Markdown report."""
     lines = [
-        f"# Data cleansing on the noisy samples ({'quick' if quick else 'full'} run)",
+        f"# Data cleansing on the noisy samples ({size} run)",
         "",
         f"Ranking: SGD-Influence, 1 epoch, mode last, one trial per seed; seeds "
         f"{', '.join(map(str, settings.seeds))}. After removing m rows: retraining from the "
@@ -473,7 +474,9 @@ def plot_harmful_tile(loaded: LoadedCase, scores: np.ndarray, path: Path) -> Non
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer seeds, m values and epochs")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer seeds, m values and epochs")
+    size.add_argument("--smoke", action="store_true", help="one seed, one m, one epoch (tests)")
     parser.add_argument(
         "--epochs",
         type=int,
@@ -490,7 +493,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     for name in ("nnabla", "nnabla_sgd_influence"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    settings = QUICK if args.quick else FULL
+    settings = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.epochs is not None:
         settings = dataclasses.replace(settings, epochs=args.epochs)
     started = time.perf_counter()
@@ -505,7 +508,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if loaded.train.image_variable is not None:
             plot_harmful_tile(loaded, result.mean_scores, args.output / "harmful_digits.png")
         results.append(result)
-    lines = report_lines(results, settings, args.quick)
+    lines = report_lines(
+        results, settings, "smoke" if args.smoke else "quick" if args.quick else "full"
+    )
     lines += ["", f"Wall time: {time.perf_counter() - started:.0f} s"]
     text = "\n".join(lines) + "\n"
     print(text, end="")

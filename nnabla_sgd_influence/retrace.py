@@ -21,14 +21,29 @@ Weight decay belongs to the solver: it enters the adjoint update, never a row's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List
 
 import numpy as np
 
 from .parameters import ParameterSet
 from .progress import SILENT, Progress
-from .solvers import SolverSpec, linearize
+from .solvers import SolverSpec, StepUpdate, linearize
 from .training import TrainingRun, snapshots_in_reverse
+
+
+@dataclass
+class Adjoints:
+    """Derivatives of the final validation loss with respect to theta, m and s at one step."""
+
+    theta: List[np.ndarray]
+    m: List[np.ndarray]
+    s: List[np.ndarray]
+
+    @classmethod
+    def start(cls, u: List[np.ndarray]) -> Adjoints:
+        theta = [np.asarray(a, dtype=np.float64) for a in u]
+        return cls(theta, [np.zeros_like(a) for a in theta], [np.zeros_like(a) for a in theta])
 
 
 def retrace(
@@ -47,12 +62,8 @@ def retrace(
     Every parameter, BatchNormalization's running statistics included, is as it was when the
     retrace returns.
     """
-    theta = params.theta
-    decay = spec.weight_decay
     scores = np.zeros(len(train))
-    a_theta = [np.asarray(a, dtype=np.float64) for a in u]
-    a_m = [np.zeros_like(a) for a in a_theta]
-    a_s = [np.zeros_like(a) for a in a_theta]
+    adjoints = Adjoints.start(u)
     snapshots = snapshots_in_reverse(run) if run.mode == "exact" else None
     with params.preserved():
         params.set_trainable(run.final_theta)
@@ -62,38 +73,49 @@ def retrace(
                 theta_t, state = next(snapshots)
                 params.set_trainable(theta_t)
             update = linearize(
-                spec, step.learning_rate, step.solver_step, state, len(theta), model_solver
+                spec, step.learning_rate, step.solver_step, state, len(params.theta), model_solver
             )
-            size = len(step.rows)
             batch = train.batch(step.rows)
-            b = [am - p * at for am, p, at in zip(a_m, update.p, a_theta)]
-            v = [update.c * x for x in b]
-            if update.s_slope is None:
-                dots, hv = step_pass(batch, _float32(v))
-            else:
-                # The solver's own gradient: batch mean plus weight decay, at theta_t.
-                g = [
-                    total / size + decay * p.d.astype(np.float64)
-                    for total, p in zip(step_pass.prepare(batch), theta)
-                ]
-                numerator = update.s_numerator or g
-                b_s = [
-                    s + slope * n * at
-                    for s, slope, n, at in zip(a_s, update.s_slope, numerator, a_theta)
-                ]
-                v = [x + 2.0 * update.s_gain * gi * bs for x, gi, bs in zip(v, g, b_s)]
-                a_s = [update.s_rate * bs for bs in b_s]
-                dots, hv = step_pass.finish(_float32(v))
-            scores[step.rows] -= dots / size
-            new_a_theta = [
-                (1.0 - update.d) * at + h / size + decay * x for at, h, x in zip(a_theta, hv, v)
-            ]
-            if update.q is None:
-                a_m = [update.beta * x for x in b]
-            else:
-                a_m = [update.beta * x - q * at for x, q, at in zip(b, update.q, a_theta)]
-            a_theta = new_a_theta
+            dots, adjoints = step_back(adjoints, update, step_pass, batch, params, spec)
+            scores[step.rows] -= dots / len(step.rows)
     return scores
+
+
+def step_back(
+    adjoints: Adjoints,
+    update: StepUpdate,
+    step_pass,
+    batch,
+    params: ParameterSet,
+    spec: SolverSpec,
+):
+    """(<v, g_j> for every row j of the step, the adjoints before the step); see the docstring."""
+    size = len(next(iter(batch.values())))
+    decay = spec.weight_decay
+    a_theta, a_m, a_s = adjoints.theta, adjoints.m, adjoints.s
+    b = [am - p * at for am, p, at in zip(a_m, update.p, a_theta)]
+    v = [update.c * x for x in b]
+    if update.s_slope is None:
+        dots, hv = step_pass(batch, _float32(v))
+    else:
+        # The solver's own gradient: batch mean plus weight decay, at theta_t.
+        g = [
+            total / size + decay * p.d.astype(np.float64)
+            for total, p in zip(step_pass.prepare(batch), params.theta)
+        ]
+        numerator = update.s_numerator or g
+        b_s = [
+            s + slope * n * at for s, slope, n, at in zip(a_s, update.s_slope, numerator, a_theta)
+        ]
+        v = [x + 2.0 * update.s_gain * gi * bs for x, gi, bs in zip(v, g, b_s)]
+        a_s = [update.s_rate * bs for bs in b_s]
+        dots, hv = step_pass.finish(_float32(v))
+    new_a_theta = [(1.0 - update.d) * at + h / size + decay * x for at, h, x in zip(a_theta, hv, v)]
+    if update.q is None:
+        a_m = [update.beta * x for x in b]
+    else:
+        a_m = [update.beta * x - q * at for x, q, at in zip(b, update.q, a_theta)]
+    return dots, Adjoints(new_a_theta, a_m, a_s)
 
 
 def _float32(arrays: List[np.ndarray]) -> List[np.ndarray]:

@@ -104,30 +104,15 @@ def retrain(
 
     steps: List[Step] = []
     plan = batch_order(len(train), batch_size, seed, epochs)
-    step_in_epoch = 0
     for index, (epoch, rows) in enumerate(progress.track(plan, "retraining")):
-        if index and plan[index - 1][0] != epoch:
-            step_in_epoch = 0
-        graph = graphs.loss(len(rows), training=True)
-        graph.feed(train.batch(rows))
-        if row_weights is None:
-            loss = graph.mean_loss
-        else:
-            graph.weights.d = np.asarray(row_weights, dtype=np.float32)[rows]
-            loss = graph.weighted_mean_loss
         theta_before = params.trainable_arrays() if snapshots else None
-        loss.forward(clear_no_need_grad=True)
-        solver.zero_grad()
-        loss.backward(clear_buffer=True)
-        if spec.weight_decay > 0:
-            solver.weight_decay(spec.weight_decay)
         iteration = spec.start_iteration + index
         learning_rate = schedule(iteration)
-        solver.set_learning_rate(learning_rate)
-        solver.update()
+        _update(solver, graphs, train, rows, row_weights, spec.weight_decay, learning_rate)
+        first = not steps or steps[-1].epoch != epoch
+        step_in_epoch = 0 if first else steps[-1].step + 1
         solver_step = solver_step_count(solver, names)
         steps.append(Step(epoch, step_in_epoch, iteration, learning_rate, rows, solver_step))
-        step_in_epoch += 1
         if snapshots is not None:
             snapshots.write(theta_before, solver_arrays(solver, names, state_names))
 
@@ -145,6 +130,32 @@ def retrain(
         shapes=params.shapes,
         solver_state=saved_state(solver),
     )
+
+
+def _update(
+    solver,
+    graphs: GraphCache,
+    train,
+    rows: np.ndarray,
+    row_weights: Optional[np.ndarray],
+    weight_decay: float,
+    learning_rate: float,
+) -> None:
+    """One solver step on the batch ``rows``: forward, backward, weight decay, update."""
+    graph = graphs.loss(len(rows), training=True)
+    graph.feed(train.batch(rows))
+    if row_weights is None:
+        loss = graph.mean_loss
+    else:
+        graph.weights.d = np.asarray(row_weights, dtype=np.float32)[rows]
+        loss = graph.weighted_mean_loss
+    loss.forward(clear_no_need_grad=True)
+    solver.zero_grad()
+    loss.backward(clear_buffer=True)
+    if weight_decay > 0:
+        solver.weight_decay(weight_decay)
+    solver.set_learning_rate(learning_rate)
+    solver.update()
 
 
 class _SnapshotWriter:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +63,36 @@ def run_plugins(
             subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         )
     return results
+
+
+def run_in_process(
+    kind: str, *args: object, cwd: Optional[Path] = None
+) -> subprocess.CompletedProcess:
+    """Run the ``image`` or ``tabular`` plugin's ``main`` here, as its script would, capturing
+    what it prints; the logging set-up, signal handlers and working folder are put back."""
+    from nnabla_sgd_influence import cli
+
+    root = logging.getLogger()
+    saved_logging = (list(root.handlers), root.level)
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    saved_cwd = os.getcwd()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    argv = [str(a) for a in args]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = cli.main(kind, argv)
+            except SystemExit as exit:
+                code = exit.code
+    finally:
+        os.chdir(saved_cwd)
+        root.handlers[:], _ = saved_logging
+        root.setLevel(saved_logging[1])
+        for number, handler in saved_signals.items():
+            signal.signal(number, handler)
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 
 def error_lines(stderr: str) -> List[str]:

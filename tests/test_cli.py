@@ -20,8 +20,7 @@ from plugin_helpers import (
     TABULAR_SCRIPT,
     error_lines,
     read_csv,
-    run_plugin,
-    run_plugins,
+    run_in_process,
 )
 
 from nnabla_sgd_influence import context as context_module
@@ -222,10 +221,10 @@ def test_bad_inputs_fail_with_one_line_and_no_output(samples, tmp_path):
     for name, kind, arguments, expected in bad_cases(samples, tmp_path):
         if "-o" not in arguments:
             arguments = [*arguments, "-o", out_dir / f"{name.replace(' ', '_')}.csv"]
-        cases.append((name, SCRIPTS[kind], arguments, expected))
-    results = run_plugins([(script, arguments) for _, script, arguments, _ in cases], tmp_path)
+        cases.append((name, kind, arguments, expected))
     failures = []
-    for (name, _, _, expected), result in zip(cases, results):
+    for name, kind, arguments, expected in cases:
+        result = run_in_process(kind, *arguments, cwd=tmp_path)
         lines = error_lines(result.stderr)
         if not (
             result.returncode in (1, 2)
@@ -241,8 +240,8 @@ def test_bad_inputs_fail_with_one_line_and_no_output(samples, tmp_path):
 
 def test_dropout_message_names_the_layer_and_the_reason(samples, tmp_path):
     cancer = samples / "cancer"
-    result = run_plugin(
-        TABULAR_SCRIPT,
+    result = run_in_process(
+        "tabular",
         "-m",
         samples / "models" / "cancer_mlp_dropout" / "results.nnp",
         "-t",
@@ -264,8 +263,8 @@ def test_inputs_are_never_overwritten(samples, tmp_path):
     train = tmp_path / "train.csv"
     train.write_bytes((cancer / "train.csv").read_bytes())
     before = train.read_bytes()
-    result = run_plugin(
-        TABULAR_SCRIPT,
+    result = run_in_process(
+        "tabular",
         "-m",
         samples / "models" / "cancer_mlp" / "results.nnp",
         "-t",

@@ -71,10 +71,12 @@ def test_cnn_with_batch_normalization_in_the_linear_regime(samples_dir, tmp_path
     """
     model = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
     folder = samples_dir / "digits"
-    train = load_dataset(folder / "train.csv", model.data_variables).subset(np.arange(N_ROWS))
+    # 100 rows (two steps) keep the 101 retrainings of this CNN short; the README's table
+    # (benchmarks/leave_one_out.py) uses 200.
+    train = load_dataset(folder / "train.csv", model.data_variables).subset(np.arange(100))
     val = load_dataset(folder / "val.csv", model.data_variables, role="input-val")
     model = with_solver(model, "Sgd", {"lr": 0.002})
     result = agreement_with_leave_one_out(
         model, train, val, epochs=1, mode="exact", workdir=tmp_path
     )
-    assert result.tau >= 0.85  # measured 0.909
+    assert result.tau >= 0.9  # measured 0.965 (0.909 on 200 rows)
