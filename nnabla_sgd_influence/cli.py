@@ -132,6 +132,7 @@ def _add_hidden_options(parser: argparse.ArgumentParser) -> None:
     add("--temp-dir", default=None, help=hidden)
     add("--keep-temp", action="store_true", help=hidden)
     add("--step-log", action="store_true", help=hidden)
+    add("--encoding", default=None, help=hidden)
 
 
 def settings_from_args(kind: str, args: argparse.Namespace):
@@ -150,6 +151,7 @@ def settings_from_args(kind: str, args: argparse.Namespace):
         temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
         keep_temp=args.keep_temp,
         step_log=args.step_log,
+        encoding=args.encoding,
     )
     arguments = InfluenceArguments(
         batch_size=args.batch_size,

@@ -11,7 +11,6 @@ columns whose header starts with ``#`` are comments and are ignored.
 import dataclasses
 import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -19,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from .csvfile import CsvFormat, read_table
 from .errors import InfluenceError
 from .images import IMAGE_EXTENSIONS, Locator, decode_images, image_paths, image_shape
 from .model import DataVariable
@@ -32,6 +32,7 @@ class Dataset:
 
     path: Path  # the CSV
     table: pd.DataFrame = field(repr=False)  # the CSV as read, every cell a string
+    csv_format: CsvFormat  # its encoding and line end
     columns: Dict[str, List[str]]  # variable_name -> CSV column names used for it, in order
     image_variable: Optional[str]  # variable_name fed from an image column, if any
     # variable_name -> per-row values: uint8 (N, *shape) for images, float32 otherwise.
@@ -107,14 +108,16 @@ def load_dataset(
     data_variables: Sequence[DataVariable],
     normalize_images: bool = True,
     role: str = "input-train",
+    encoding: Optional[str] = None,
 ) -> Dataset:
     """Read and validate the NNC dataset ``csv_path`` for ``data_variables``.
 
     ``role`` is the plugin property that named the file; every error message starts with it.
+    ``encoding`` (a codec name) overrides the detection of UTF-8 / cp932 (:mod:`.csvfile`).
     Raises :class:`InfluenceError` on the first problem found, naming the file, row and column.
     """
     path = Path(csv_path)
-    table = _read_table(path, role)
+    table, csv_format = read_table(path, role, encoding)
     headers = _parse_headers(table.columns)
 
     def where(row: int, column: str) -> str:
@@ -149,6 +152,7 @@ def load_dataset(
     return Dataset(
         path=path,
         table=table,
+        csv_format=csv_format,
         columns=columns,
         image_variable=next(iter(image_columns), None),
         _arrays={v.variable_name: arrays[v.variable_name] for v in data_variables},
@@ -169,35 +173,6 @@ class _Header:
     data_name: str  # NAME
     index: Optional[str]  # INDEX of NAME__INDEX, if any
     kind: Optional[str]  # TYPE after ':', if any
-
-
-def _read_table(path: Path, role: str) -> pd.DataFrame:
-    """The CSV with every cell as a string; an :class:`InfluenceError` if it is not usable."""
-    if not path.exists():
-        raise InfluenceError(f"{role}: file not found: {path}")
-    if not path.is_file():
-        raise InfluenceError(f"{role}: {path} is not a file")
-    try:
-        with warnings.catch_warnings():
-            # pandas only warns when the first data row has more fields than the header.
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            table = pd.read_csv(
-                path, dtype=str, keep_default_na=False, index_col=False, encoding="utf-8-sig"
-            )
-    except pd.errors.EmptyDataError:
-        raise InfluenceError(
-            f"{role}: {path} is empty: expected a header line and at least one data row"
-        ) from None
-    except pd.errors.ParserWarning:
-        raise InfluenceError(
-            f"{role}: {path} cannot be read as CSV: a data row has more fields than the header"
-        ) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-        reason = " ".join(str(error).split())
-        raise InfluenceError(f"{role}: {path} cannot be read as CSV ({reason})") from None
-    if len(table) == 0:
-        raise InfluenceError(f"{role}: {path} has a header but no data rows")
-    return table
 
 
 def _parse_headers(columns: Sequence[str]) -> List[_Header]:

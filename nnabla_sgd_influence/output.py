@@ -2,7 +2,8 @@
 
 The file is written to a temporary name in the destination folder and renamed over the
 destination only when complete, so a reader never sees half a file and a failed run leaves
-no file at all.
+no file at all. Ranked CSVs are written in the training CSV's encoding (UTF-8, UTF-8 with a
+byte-order mark, or cp932), so that whatever read the input reads the output.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def relative_path(target: Path, folder: Path) -> str:
 
 
 def write_image_csv(
-    path: Path, image_paths: Sequence[Path], labels: Sequence[str], scores: np.ndarray
+    path: Path,
+    image_paths: Sequence[Path],
+    labels: Sequence[str],
+    scores: np.ndarray,
+    encoding: str = "utf-8",
 ) -> None:
     """Write ``x:image, y:label, influence, datasource_index``, most harmful row first.
 
@@ -52,11 +57,15 @@ def write_image_csv(
         [relative_path(image_paths[i], folder), str(labels[i]), format_float(scores[i]), str(i)]
         for i in ranking(scores)
     )
-    _write_rows(path, IMAGE_HEADER, rows)
+    _write_rows(path, IMAGE_HEADER, rows, encoding)
 
 
 def write_tabular_csv(
-    path: Path, columns: Sequence[str], table_rows: Sequence[Sequence[str]], scores: np.ndarray
+    path: Path,
+    columns: Sequence[str],
+    table_rows: Sequence[Sequence[str]],
+    scores: np.ndarray,
+    encoding: str = "utf-8",
 ) -> None:
     """Write ``index, influence, datasource_index`` and then the row's own columns."""
     _check_lengths(scores, rows=len(table_rows))
@@ -64,7 +73,7 @@ def write_tabular_csv(
         [str(i), format_float(scores[i]), str(i), *[str(v) for v in table_rows[i]]]
         for i in ranking(scores)
     )
-    _write_rows(Path(path), TABULAR_HEADER + [str(c) for c in columns], rows)
+    _write_rows(Path(path), TABULAR_HEADER + [str(c) for c in columns], rows, encoding)
 
 
 def write_step_log(path: Path, steps: Sequence[object]) -> None:
@@ -88,21 +97,23 @@ def _check_lengths(scores: np.ndarray, **lengths: int) -> None:
             raise ValueError(f"{len(scores)} scores but {length} {name}")
 
 
-def _write_rows(path: Path, header: List[str], rows: Iterator[List[str]]) -> None:
-    with atomic_text_file(path) as stream:
+def _write_rows(
+    path: Path, header: List[str], rows: Iterator[List[str]], encoding: str = "utf-8"
+) -> None:
+    with atomic_text_file(path, encoding) as stream:
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 
 
 @contextmanager
-def atomic_text_file(path: Path) -> Iterator[TextIO]:
+def atomic_text_file(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
     """Open a temporary file beside ``path``; on success rename it to ``path``, else delete it."""
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     done = False
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+        with os.fdopen(handle, "w", encoding=encoding, newline="") as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())

@@ -20,6 +20,7 @@ import numpy as np
 from .api import compute_influence
 from .arguments import InfluenceArguments
 from .context import resolve_context
+from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
 from .errors import InfluenceError
 from .graphs import RANDOM_LAYERS
@@ -45,9 +46,10 @@ class RunSettings:
     kind: str  # "image" or "tabular"
     context: Optional[str] = None
     device_id: str = "0"
-    temp_dir: Optional[Path] = None
+    temp_dir: Optional[Path] = None  # None: beside the output, not on the system drive
     keep_temp: bool = False
     step_log: bool = False
+    encoding: Optional[str] = None  # of both input CSVs; None: detected (UTF-8 or cp932)
 
 
 @dataclass
@@ -71,10 +73,18 @@ def run(
     model = load_model(settings.model)
     check_layers(model, settings.kind)
     train = load_dataset(
-        settings.input_train, model.data_variables, model.normalize_images, role="input-train"
+        settings.input_train,
+        model.data_variables,
+        model.normalize_images,
+        role="input-train",
+        encoding=settings.encoding,
     )
     val = load_dataset(
-        settings.input_val, model.data_variables, model.normalize_images, role="input-val"
+        settings.input_val,
+        model.data_variables,
+        model.normalize_images,
+        role="input-val",
+        encoding=settings.encoding,
     )
     if settings.kind == "image" and train.image_variable is None:
         raise InfluenceError(
@@ -95,7 +105,7 @@ def run(
         **dataclasses.asdict(arguments),
         context=settings.context,
         device_id=settings.device_id,
-        temp_dir=settings.temp_dir,
+        temp_dir=temp_parent(settings),
         keep_temp=settings.keep_temp,
         progress=BarProgress() if progress is None else progress,
     )
@@ -132,6 +142,8 @@ def check_settings(settings: RunSettings) -> None:
     check_output_path(settings)
     if settings.temp_dir is not None and not Path(settings.temp_dir).is_dir():
         raise InfluenceError(f"temporary folder parent not found: {settings.temp_dir}")
+    if settings.encoding is not None:
+        check_encoding(settings.encoding)
     if _same_file(settings.input_train, settings.input_val):
         log.warning(
             "input-train and input-val are the same file (%s): scores then measure how rows "
@@ -193,19 +205,40 @@ def _describe(layers: List, model: NnpModel) -> str:
     return f"{noun} {names} in network '{model.train_network}'"
 
 
+def temp_parent(settings: RunSettings) -> Path:
+    """Where the run's temporary folder is made: ``--temp-dir``, else beside the output."""
+    if settings.temp_dir is not None:
+        return Path(settings.temp_dir)
+    return Path(os.path.abspath(settings.output)).parent
+
+
 def write_output(
     settings: RunSettings, model: NnpModel, train: Dataset, result: InfluenceResult
 ) -> None:
-    """Write the ranked rows in the plugin's format (see the README, Output)."""
-    table = train.table
+    """Write the ranked rows in the plugin's format (see the README, Output), in the training
+    CSV's encoding; UTF-8 with a byte-order mark where that encoding cannot hold a path."""
+    encoding = train.csv_format.encoding
+    try:
+        _write_ranked(settings, model, train, result, encoding)
+    except UnicodeEncodeError as error:
+        log.warning(
+            "%s cannot hold '%s'; the output is written as UTF-8 (with a byte-order mark)",
+            encoding,
+            error.object[error.start : error.end],
+        )
+        _write_ranked(settings, model, train, result, "utf-8-sig")
+
+
+def _write_ranked(
+    settings: RunSettings, model: NnpModel, train: Dataset, result: InfluenceResult, encoding: str
+) -> None:
     if settings.kind == "image":
-        write_image_csv(
-            settings.output, train.image_paths(), label_texts(model, train), result.scores
-        )
+        labels = label_texts(model, train)
+        write_image_csv(settings.output, train.image_paths(), labels, result.scores, encoding)
     else:
-        write_tabular_csv(
-            settings.output, list(table.columns), table.astype(str).values.tolist(), result.scores
-        )
+        table = train.table
+        rows = table.astype(str).values.tolist()
+        write_tabular_csv(settings.output, list(table.columns), rows, result.scores, encoding)
 
 
 def label_texts(model: NnpModel, dataset: Dataset) -> List[str]:

@@ -34,7 +34,12 @@ from nnabla_sgd_influence.output import (
     write_step_log,
     write_tabular_csv,
 )
-from nnabla_sgd_influence.pipeline import RunSettings, check_settings, step_log_path
+from nnabla_sgd_influence.pipeline import (
+    RunSettings,
+    check_settings,
+    step_log_path,
+    temp_parent,
+)
 from nnabla_sgd_influence.results import ranking
 from nnabla_sgd_influence.workspace import PREFIX, workspace
 
@@ -60,6 +65,7 @@ HIDDEN = [
     "--temp-dir",
     "--keep-temp",
     "--step-log",
+    "--encoding",
 ]
 
 
@@ -409,6 +415,12 @@ def test_output_must_not_be_a_folder_or_an_input(tmp_path):
 def test_same_train_and_val_file_is_a_warning(tmp_path, caplog):
     check_settings(settings(tmp_path, input_val=tmp_path / "t.csv"))
     assert "same file" in caplog.text
+
+
+def test_temporary_folder_goes_beside_the_output_unless_told(tmp_path):
+    assert temp_parent(settings(tmp_path)) == tmp_path  # o.csv is in tmp_path
+    elsewhere = tmp_path / "scratch"
+    assert temp_parent(settings(tmp_path, temp_dir=elsewhere)) == elsewhere
 
 
 def test_step_log_sits_beside_the_output():

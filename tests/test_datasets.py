@@ -10,6 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nnabla_sgd_influence.csvfile import (
+    CsvFormat,
+    check_encoding,
+    detect_format,
+    read_records,
+    read_table,
+)
 from nnabla_sgd_influence.datasets import load_dataset
 from nnabla_sgd_influence.errors import InfluenceError
 from nnabla_sgd_influence.model import DataVariable
@@ -551,3 +558,69 @@ def test_error_messages_are_single_lines(tmp_path):
     with pytest.raises(InfluenceError) as caught:
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
     assert "\n" not in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------
+# Encodings and line ends of CSVs saved on Windows
+
+
+def write_text(path: Path, text: str, encoding: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize(
+    "encoding, newline",
+    [("utf-8", "\n"), ("utf-8-sig", "\r\n"), ("cp932", "\r\n"), ("cp932", "\n")],
+)
+def test_japanese_image_csv_in_each_encoding(tmp_path, encoding, newline):
+    """Excel in Japan saves cp932 with CRLF; folders and files may have Japanese names and
+    Windows separators."""
+    folder = tmp_path / "画像"
+    for i in range(3):
+        write_image(folder / f"数字_{i}.png", random_pixels(i, (28, 28)))
+    lines = ["x:image,y:label"] + [f"画像\\数字_{i}.png,{i}" for i in range(3)]
+    csv_path = write_text(tmp_path / "学習.csv", newline.join(lines) + newline, encoding)
+    dataset = load_dataset(csv_path, NNC_IMAGE_VARIABLES)
+    expected = "utf-8-sig" if encoding == "utf-8-sig" else encoding
+    assert dataset.csv_format == CsvFormat(expected, newline)
+    assert dataset.image_paths() == [folder / f"数字_{i}.png" for i in range(3)]
+    np.testing.assert_array_equal(dataset.labels(), [0, 1, 2])
+
+
+def test_an_explicit_encoding_wins_and_is_checked(tmp_path):
+    text = "x__0,y,#note\n1.5,0,café\n2.5,1,ok\n"
+    csv_path = write_text(tmp_path / "t.csv", text, "latin-1")
+    variables = [DataVariable("x", "x", (1,)), DataVariable("y", "y", (1,), n_classes=2)]
+    with pytest.raises(InfluenceError, match="neither UTF-8 nor cp932.*--encoding"):
+        load_dataset(csv_path, variables)
+    dataset = load_dataset(csv_path, variables, encoding="latin-1")
+    assert dataset.csv_format.encoding == "iso8859-1"
+    np.testing.assert_array_equal(dataset.batch(np.array([1]))["x"], [[2.5]])
+    utf16 = load_dataset(write_text(tmp_path / "u.csv", text, "utf-16"), variables)
+    assert utf16.csv_format == CsvFormat("utf-16", "\n") and len(utf16) == 2
+    nul = write_text(tmp_path / "n.csv", "x__0,y\n1,\0\n", "utf-8")
+    with pytest.raises(InfluenceError, match="not a text file"):
+        load_dataset(nul, variables)
+    with pytest.raises(InfluenceError, match="is not utf-8 text"):
+        load_dataset(
+            write_text(tmp_path / "j.csv", "x__0,y,#note\n1,0,日本\n", "cp932"),
+            variables,
+            encoding="utf-8",
+        )
+    with pytest.raises(InfluenceError, match="unknown text encoding 'klingon'"):
+        check_encoding("klingon")
+
+
+def test_raw_records_match_the_table_rows(tmp_path):
+    text = 'a,b\r\n1,"two\r\nlines"\r\n\r\n"3,""x""",4\r\n   \r\n,\r\n'
+    csv_path = write_text(tmp_path / "r.csv", text, "ascii")
+    form = detect_format(csv_path, "input-train")
+    assert form == CsvFormat("utf-8", "\r\n")  # ASCII is UTF-8
+    header, records = read_records(csv_path, form)
+    assert header == "a,b"
+    assert records == ['1,"two\r\nlines"', '"3,""x""",4', ","]
+    table, _ = read_table(csv_path, "input-train")
+    assert len(table) == len(records)
+    assert table.values.tolist() == [["1", "two\r\nlines"], ['3,"x"', "4"], ["", ""]]

@@ -238,3 +238,36 @@ def test_real_nnc_model_runs_end_to_end(tmp_path, nnc_fixture):
     assert_ranked(rows, 64)
     for row in rows:
         assert (result_folder / row["x:image"]).resolve().is_file()
+
+
+def test_a_japanese_windows_dataset(samples, tmp_path):
+    """cp932 CSVs with CRLF, backslashes and Japanese names: read, and written back in cp932."""
+    import csv
+
+    digits = samples / "digits"
+    data = tmp_path / "データ"
+    (data / "画像").mkdir(parents=True)
+    for split, count in (("train", 40), ("val", 20)):
+        with open(digits / f"{split}.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))[:count]
+        lines = ["x:image,y:label"]
+        for i, row in enumerate(rows):
+            name = f"{split}_数字{i}.png"
+            (data / "画像" / name).write_bytes((digits / row["x:image"]).read_bytes())
+            lines.append(f"画像\\{name},{row['y:label']}")
+        (data / f"{split}.csv").write_bytes(("\r\n".join(lines) + "\r\n").encode("cp932"))
+    out = tmp_path / "結果"
+    out.mkdir()
+    model = samples / "models" / "digits_cnn" / "results.nnp"
+    result = run_in_process(
+        "image", "-m", model, "-t", data / "train.csv", "-v", data / "val.csv",
+        "-o", out / "影響.csv", "-nt", 1, "-bs", 16,
+    )  # fmt: skip
+    assert_succeeded(result)
+    assert sorted(p.name for p in out.iterdir()) == ["影響.csv"]  # the temporary folder is gone
+    text = (out / "影響.csv").read_bytes().decode("cp932")
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) == 40
+    for row in rows:
+        assert (out / row["x:image"]).resolve().is_file()
+        assert "画像/train_数字" in row["x:image"]
