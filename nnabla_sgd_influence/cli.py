@@ -20,7 +20,8 @@ from typing import List, NoReturn, Optional, Sequence
 
 from .arguments import HVP_METHODS, MODES
 from .context import CONTEXTS
-from .errors import InfluenceError
+from .environment import check_environment
+from .errors import InfluenceError, excerpt
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
 # Third-party packages the plugins import: a missing one is the user's setup, not our bug.
@@ -42,7 +43,11 @@ Influence Functions"
   https://arxiv.org/abs/2103.11807
 """
 
-_TITLES = {"image": "SGD Influence", "tabular": "SGD Influence (tabular)"}
+# Menu titles (the description's first line), apart from Sony's "SGD Influence (all data)".
+_TITLES = {
+    "image": "SGD Influence (Hessian retrace)",
+    "tabular": "SGD Influence tabular (Hessian retrace)",
+}
 _DESCRIPTIONS = {
     "image": "For image datasets (x:image, y:label).\n"
     "Output columns: x:image, y:label, influence, datasource_index.",
@@ -59,7 +64,8 @@ class _OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line, like every other error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
+        report(f"error: {excerpt(message, 400)} (see --help)")
+        self.exit(2)
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
@@ -165,18 +171,25 @@ def settings_from_args(kind: str, args: argparse.Namespace):
 
 
 class _LogFormatter(logging.Formatter):
-    """nnabla's log format, with this package's loggers shown under one short name."""
+    """nnabla's log format, with this package's loggers shown under one short name; a run's
+    closing error line (``extra={"bare": True}``) is shown as it is."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "bare", False):
+            return record.getMessage()
         if record.name.startswith("nnabla_sgd_influence"):
             record = logging.makeLogRecord(record.__dict__)
             record.name = "sgd-influence"
         return super().format(record)
 
 
+class _PluginHandler(logging.StreamHandler):
+    """The stderr handler the plugins install (told apart from anyone else's)."""
+
+
 def configure_logging(debug: bool) -> None:
     """INFO (DEBUG with NNSI_DEBUG) to stderr, in nnabla's format, before nnabla sets its own."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _PluginHandler(sys.stderr)
     handler.setFormatter(_LogFormatter("%(asctime)s [%(name)s][%(levelname)s]: %(message)s"))
     root = logging.getLogger()
     for existing in list(root.handlers):
@@ -187,19 +200,29 @@ def configure_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def report(line: str) -> None:
+    """Show a run's closing error line: through nnabla's logger, whose output NNC's log pane
+    shows (and a log file of nnabla.conf keeps), as exactly ``line`` on stderr."""
+    if any(isinstance(h, _PluginHandler) for h in logging.getLogger().handlers):
+        logging.getLogger("nnabla").error(line, extra={"bare": True})
+    else:
+        print(line, file=sys.stderr)
+
+
 def _raise_interrupt(_signum, _frame) -> NoReturn:
     raise KeyboardInterrupt
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, run the plugin and turn every outcome into an exit code."""
-    args = build_parser(kind).parse_args(argv)
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     configure_logging(debug)
+    try:
+        check_environment()
+    except InfluenceError as error:
+        report(f"error: {excerpt(error, 400)}")
+        return 1
+    args = build_parser(kind).parse_args(argv)
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _raise_interrupt)  # a stopped run cleans up too
     try:
@@ -209,20 +232,20 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     except InfluenceError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {_one_line(error)}", file=sys.stderr)
+        report(f"error: {excerpt(error, 400)}")
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        report("interrupted")
         return 130
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in _REQUIREMENTS:
             return _internal_error(error, debug)
         if debug:
             traceback.print_exc()
-        print(
-            f"error: the Python that runs this plugin lacks the package '{error.name}': "
-            "install nnabla-sgd-influence and its requirements into it (see the README)",
-            file=sys.stderr,
+        python = sys.executable or "this Python"
+        report(
+            f"error: {python} lacks the package '{error.name}': install it "
+            f"({python} -m pip install {error.name.split('.')[0]})"
         )
         return 1
     except Exception as error:
@@ -234,10 +257,9 @@ def _internal_error(error: BaseException, debug: bool) -> int:
     """Report an unexpected failure on one line (the traceback with NNSI_DEBUG=1)."""
     if debug:
         traceback.print_exc()
-    print(
-        f"internal error: {type(error).__name__}: {_one_line(error)} "
-        f"(set {DEBUG_VARIABLE}=1 for the traceback)",
-        file=sys.stderr,
+    report(
+        f"internal error: {type(error).__name__}: {excerpt(error, 400)} "
+        f"(set {DEBUG_VARIABLE}=1 for the traceback)"
     )
     return 2
 

@@ -1,18 +1,31 @@
-"""Neural Network Console plugin: SGD Influence of every row of an image dataset.
+"""Neural Network Console plugin: SGD Influence of every training row, image datasets.
 
-Runs from a checkout (``python plugins/sgd_influence.py -h``) or from NNC's plugin folder;
-the work is done by the ``nnabla_sgd_influence`` package.
+Part of nnabla-sgd-influence. Runs from a checkout (python plugins/sgd_influence.py -h),
+from NNC's plugin folder, where the installer puts the package beside this script, or with
+the package installed.
 """
 
-import importlib.util
+import os
 import sys
-from pathlib import Path
 
-if importlib.util.find_spec("nnabla_sgd_influence") is None:
-    # Not installed: use the checkout this script belongs to.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nnabla_sgd_influence.cli import main_image  # noqa: E402
+def _find_package():
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(folder, "nnabla_sgd_influence", "__init__.py")):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return
+
 
 if __name__ == "__main__":
+    _find_package()
+    try:
+        from nnabla_sgd_influence.cli import main_image
+    except Exception as error:  # no f-string: any Python 3 must get this far
+        sys.stderr.write(
+            "error: this plugin needs Python 3.8-3.10 with the nnabla-sgd-influence package "
+            "beside it or installed ({}: {})\n".format(type(error).__name__, error)
+        )
+        sys.exit(1)
     sys.exit(main_image())

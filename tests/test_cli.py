@@ -44,7 +44,10 @@ from nnabla_sgd_influence.results import ranking
 from nnabla_sgd_influence.workspace import PREFIX, workspace
 
 SCRIPTS = {"image": IMAGE_SCRIPT, "tabular": TABULAR_SCRIPT}
-TITLES = {"image": "SGD Influence", "tabular": "SGD Influence (tabular)"}
+TITLES = {
+    "image": "SGD Influence (Hessian retrace)",
+    "tabular": "SGD Influence tabular (Hessian retrace)",
+}
 # flag -> (type shown in the dialog, default per plugin or None when required)
 PROPERTIES = {
     "--model": ("model", {"image": "results.nnp", "tabular": "results.nnp"}),
@@ -149,8 +152,9 @@ def test_help_does_not_import_nnabla():
     assert result.returncode == 0, result.stderr
 
 
-def test_plugin_runs_from_a_checkout_without_the_package_installed():
-    # -S hides site-packages, so the script must find the package beside plugins/ itself.
+def test_a_python_without_nnabla_gets_one_line_even_for_help():
+    # -S hides site-packages: the script finds the package beside plugins/ itself, and the
+    # package says on one line what this Python lacks (NNC runs -h to build its dialog).
     result = subprocess.run(
         [sys.executable, "-S", str(IMAGE_SCRIPT), "-h"],
         capture_output=True,
@@ -158,8 +162,41 @@ def test_plugin_runs_from_a_checkout_without_the_package_installed():
         cwd="/",
         timeout=60,
     )
-    assert result.returncode == 0, result.stderr
-    assert "SGD Influence" in result.stdout
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {sys.executable} has no NNabla: install it ({sys.executable} -m pip install "
+        "nnabla), or run the plugin with Neural Network Console's own Python"
+    ]
+
+
+@pytest.mark.parametrize(
+    "found, version, message",
+    [
+        ({"nnabla": False}, None, "has no NNabla"),
+        ({}, "1.31.0", "NNabla 1.31.0 in .* is too old: the plugin needs NNabla 1.32.0"),
+        ({"pandas": False}, "1.39.0", "lacks the package 'pandas'"),
+        ({"PIL": False}, "1.39.0", "lacks the package 'pillow'"),
+    ],
+)
+def test_environment_check_names_what_is_missing(monkeypatch, found, version, message):
+    from nnabla_sgd_influence import environment
+
+    real = environment.importlib.util.find_spec
+    monkeypatch.setattr(
+        environment.importlib.util,
+        "find_spec",
+        lambda name: None if found.get(name, True) is False else real(name),
+    )
+    monkeypatch.setattr(environment, "installed_version", lambda name: version)
+    with pytest.raises(InfluenceError, match=message):
+        environment.check_environment()
+
+
+def test_plugin_scripts_are_the_installer_text():
+    from nnabla_sgd_influence.plugin_scripts import CHECKOUT_NAMES, script_text
+
+    for kind, name in CHECKOUT_NAMES.items():
+        assert (IMAGE_SCRIPT.parent / name).read_text(encoding="utf-8") == script_text(kind)
 
 
 # --------------------------------------------------------------------------------------
@@ -299,7 +336,7 @@ def test_inputs_are_never_overwritten(samples, tmp_path):
             2,
             "internal error: RuntimeError: boom more (set NNSI_DEBUG=1 for the traceback)",
         ),
-        (ModuleNotFoundError("x", name="nnabla"), 1, "error: the Python that runs this plugin"),
+        (ModuleNotFoundError("x", name="nnabla"), 1, f"error: {sys.executable} lacks the package"),
         (ModuleNotFoundError("x", name="ours"), 2, "internal error: ModuleNotFoundError"),
     ],
 )

@@ -1,0 +1,75 @@
+"""What the plugins need from the Python that runs them, checked without importing it.
+
+NNC runs plugins with its own Python and its own NNabla. Before any work (and for ``-h``, which
+NNC runs to build its dialogs) :func:`check_environment` names, on one line, what is missing:
+a Python outside 3.8-3.10, NNabla absent or outside the supported range, pandas absent. It
+reads installed packages' metadata only, so it costs milliseconds and imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from typing import Optional, Tuple
+
+from .errors import InfluenceError
+
+PYTHON_RANGE = ((3, 8), (3, 10))  # NNabla publishes wheels for these
+NNABLA_OLDEST = (1, 32, 0)  # see the README, "Supported NNabla versions"
+NNABLA_NEWEST_TESTED = (1, 39, 0)
+RUN_TIME_PACKAGES = ("numpy", "scipy", "PIL", "h5py", "google.protobuf", "tqdm", "pandas")
+
+
+def version_tuple(text: str) -> Tuple[int, ...]:
+    """(1, 39, 0) for "1.39.0" (and for "1.39.0rc1"): the leading numbers."""
+    numbers = re.findall(r"\d+", text.split("+")[0])[:3]
+    return tuple(int(n) for n in numbers)
+
+
+def installed_version(distribution: str) -> Optional[str]:
+    try:
+        from importlib import metadata
+    except ImportError:  # Python 3.7
+        return None
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_environment() -> None:
+    """Raise :class:`InfluenceError` naming what this Python lacks to run the plugins."""
+    python = sys.executable or "this Python"
+    low, high = PYTHON_RANGE
+    if not low <= sys.version_info[:2] <= high:
+        raise InfluenceError(
+            f"the plugin runs on Python {low[0]}.{low[1]}-{high[0]}.{high[1]} (NNabla's "
+            f"range), but {python} is {sys.version.split()[0]}"
+        )
+    if importlib.util.find_spec("nnabla") is None:
+        raise InfluenceError(
+            f"{python} has no NNabla: install it ({python} -m pip install nnabla), or run the "
+            "plugin with Neural Network Console's own Python"
+        )
+    version = installed_version("nnabla")
+    if version is not None and version_tuple(version) < NNABLA_OLDEST:
+        oldest = ".".join(map(str, NNABLA_OLDEST))
+        raise InfluenceError(
+            f"NNabla {version} in {python} is too old: the plugin needs NNabla {oldest} or "
+            f"newer ({python} -m pip install 'nnabla>={oldest}'; a CUDA extension must match "
+            "it exactly)"
+        )
+    for package in RUN_TIME_PACKAGES:
+        if _missing(package):
+            name = {"PIL": "pillow", "google.protobuf": "protobuf"}.get(package, package)
+            raise InfluenceError(
+                f"{python} lacks the package '{name}': install it ({python} -m pip install {name})"
+            )
+
+
+def _missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # the parent package (google) is absent
+        return True
