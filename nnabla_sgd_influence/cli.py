@@ -122,11 +122,26 @@ def build_parser(kind: str) -> argparse.ArgumentParser:
         help="number of trials with different shuffles, scores are averaged (int) "
         f"default={defaults['n_trials']}",
     )
-    _add_hidden_options(parser)
+    add(
+        "--remove_top",
+        type=int,
+        default=0,
+        help="also write the training CSV without this many of the most harmful rows, as "
+        "<output>_cleansed.csv; 0 = off (int) default=0",
+    )
+    if kind == "image":
+        add(
+            "--tile",
+            type=int,
+            default=0,
+            help="also draw this many of the most harmful images with label, row and score, "
+            "as <output>_tile.png; 0 = off (int) default=0",
+        )
+    _add_hidden_options(parser, kind)
     return parser
 
 
-def _add_hidden_options(parser: argparse.ArgumentParser) -> None:
+def _add_hidden_options(parser: argparse.ArgumentParser, kind: str) -> None:
     """Advanced options, kept out of NNC's dialog (see the README for what they do)."""
     hidden = argparse.SUPPRESS
     add = parser.add_argument
@@ -139,6 +154,8 @@ def _add_hidden_options(parser: argparse.ArgumentParser) -> None:
     add("--keep-temp", action="store_true", help=hidden)
     add("--step-log", action="store_true", help=hidden)
     add("--encoding", default=None, help=hidden)
+    if kind == "image":
+        add("--tile-helpful", action="store_true", help=hidden)
 
 
 def settings_from_args(kind: str, args: argparse.Namespace):
@@ -158,6 +175,9 @@ def settings_from_args(kind: str, args: argparse.Namespace):
         keep_temp=args.keep_temp,
         step_log=args.step_log,
         encoding=args.encoding,
+        remove_top=args.remove_top,
+        tile=getattr(args, "tile", 0),
+        tile_helpful=getattr(args, "tile_helpful", False),
     )
     arguments = InfluenceArguments(
         batch_size=args.batch_size,

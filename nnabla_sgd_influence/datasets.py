@@ -77,6 +77,12 @@ class Dataset:
             return None
         return [Path(p) for p in self._images[self.image_variable]]
 
+    def images(self, rows: np.ndarray) -> Optional[np.ndarray]:
+        """The decoded uint8 pixels of ``rows`` (model shape), or None for tabular data."""
+        if self.image_variable is None:
+            return None
+        return self._arrays[self.image_variable][self._row_index(rows)]
+
     def labels(self) -> Optional[np.ndarray]:
         """The label variable's value per row, for reports; ``None`` if no input is a label.
 
@@ -89,6 +95,15 @@ class Dataset:
         if values[0].size == 1:
             values = values.reshape(len(values))
         return values.astype(np.int64) if self._class_labels else values.copy()
+
+    def label_texts(self) -> List[str]:
+        """Each row's label as written in the CSV (its label column), for reports."""
+        if self._label_variable is None:
+            return [""] * len(self)
+        columns = self.columns.get(self._label_variable, [])
+        if len(columns) == 1:
+            return self.table[columns[0]].astype(str).tolist()
+        return [" ".join(str(v) for v in np.ravel(row)) for row in np.asarray(self.labels())]
 
     def _row_index(self, rows: np.ndarray) -> np.ndarray:
         index = np.asarray(rows)

@@ -134,7 +134,9 @@ def run_trials(
             remove_folder(workdir)  # mode "exact" may have stored much there
         per_trial[index] = result.scores
         trials.append(result)
-    return average_trials(per_trial, trials)
+    result = average_trials(per_trial, trials)
+    result.dataset = train
+    return result
 
 
 def average_trials(per_trial: np.ndarray, trials: List[TrialResult]) -> InfluenceResult:

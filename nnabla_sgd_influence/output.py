@@ -13,7 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, TextIO
+from typing import BinaryIO, Iterator, List, Optional, Sequence, TextIO
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from .results import ranking
 IMAGE_HEADER = ["x:image", "y:label", "influence", "datasource_index"]
 TABULAR_HEADER = ["index", "influence", "datasource_index"]
 STEP_LOG_HEADER = ["epoch", "step", "iteration", "learning_rate", "rows"]
+SPREAD_COLUMN = "influence_std"  # standard deviation over the trials, after NNC's columns
 
 
 def format_float(value: float) -> str:
@@ -45,8 +46,10 @@ def write_image_csv(
     labels: Sequence[str],
     scores: np.ndarray,
     encoding: str = "utf-8",
+    spread: Optional[np.ndarray] = None,
 ) -> None:
-    """Write ``x:image, y:label, influence, datasource_index``, most harmful row first.
+    """Write ``x:image, y:label, influence, datasource_index`` (then ``influence_std`` when
+    ``spread`` is given), most harmful row first.
 
     Image paths are written relative to the output's folder, which is how NNC resolves them.
     """
@@ -54,10 +57,16 @@ def write_image_csv(
     _check_lengths(scores, image_paths=len(image_paths), labels=len(labels))
     folder = path.parent
     rows = (
-        [relative_path(image_paths[i], folder), str(labels[i]), format_float(scores[i]), str(i)]
+        [
+            relative_path(image_paths[i], folder),
+            str(labels[i]),
+            format_float(scores[i]),
+            str(i),
+            *_spread_cell(spread, i),
+        ]
         for i in ranking(scores)
     )
-    _write_rows(path, IMAGE_HEADER, rows, encoding)
+    _write_rows(path, IMAGE_HEADER + _spread_header(spread), rows, encoding)
 
 
 def write_tabular_csv(
@@ -66,14 +75,31 @@ def write_tabular_csv(
     table_rows: Sequence[Sequence[str]],
     scores: np.ndarray,
     encoding: str = "utf-8",
+    spread: Optional[np.ndarray] = None,
 ) -> None:
-    """Write ``index, influence, datasource_index`` and then the row's own columns."""
+    """Write ``index, influence, datasource_index`` (then ``influence_std`` when ``spread`` is
+    given) and then the row's own columns."""
     _check_lengths(scores, rows=len(table_rows))
     rows = (
-        [str(i), format_float(scores[i]), str(i), *[str(v) for v in table_rows[i]]]
+        [
+            str(i),
+            format_float(scores[i]),
+            str(i),
+            *_spread_cell(spread, i),
+            *[str(v) for v in table_rows[i]],
+        ]
         for i in ranking(scores)
     )
-    _write_rows(Path(path), TABULAR_HEADER + [str(c) for c in columns], rows, encoding)
+    header = TABULAR_HEADER + _spread_header(spread) + [str(c) for c in columns]
+    _write_rows(Path(path), header, rows, encoding)
+
+
+def _spread_header(spread: Optional[np.ndarray]) -> List[str]:
+    return [] if spread is None else [SPREAD_COLUMN]
+
+
+def _spread_cell(spread: Optional[np.ndarray], row: int) -> List[str]:
+    return [] if spread is None else [format_float(spread[row])]
 
 
 def write_step_log(path: Path, steps: Sequence[object]) -> None:
@@ -114,6 +140,25 @@ def atomic_text_file(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
     done = False
     try:
         with os.fdopen(handle, "w", encoding=encoding, newline="") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+        done = True
+    finally:
+        if not done:
+            _unlink_quietly(temporary)
+
+
+@contextmanager
+def atomic_binary_file(path: Path) -> Iterator[BinaryIO]:
+    """As :func:`atomic_text_file`, for bytes."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    done = False
+    try:
+        with os.fdopen(handle, "wb") as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import nnabla
-import numpy as np
 
 from .api import compute_influence
 from .arguments import InfluenceArguments
+from .cleansing import Counts, check_remove_top, cleansed_path
 from .context import resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
@@ -28,11 +28,13 @@ from .model import NnpModel, load_model
 from .output import write_image_csv, write_step_log, write_tabular_csv
 from .progress import BarProgress, Progress
 from .results import InfluenceResult
+from .tile import tile_path
 
 log = logging.getLogger(__name__)
 
 KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
+SUMMARY_TOP = 10  # rows looked at in the summary's count, without --remove_top
 
 
 @dataclass
@@ -50,6 +52,20 @@ class RunSettings:
     keep_temp: bool = False
     step_log: bool = False
     encoding: Optional[str] = None  # of both input CSVs; None: detected (UTF-8 or cp932)
+    remove_top: int = 0  # > 0: also write the training CSV without that many harmful rows
+    tile: int = 0  # > 0: also draw that many of the most harmful images (image plugin)
+    tile_helpful: bool = False  # ... and as many of the most helpful
+
+    def written_paths(self) -> List[Path]:
+        """Every file the run writes (each checked against the inputs before any work)."""
+        paths = [Path(self.output)]
+        if self.step_log:
+            paths.append(step_log_path(self.output))
+        if self.remove_top:
+            paths.append(cleansed_path(self.output))
+        if self.tile:
+            paths.append(tile_path(self.output))
+        return paths
 
 
 @dataclass
@@ -60,7 +76,8 @@ class Summary:
     seconds: float
     output: Path
     hvp_method: str
-    step_log: Optional[Path] = None
+    counts: Counts
+    written: List[Path]  # every file written, the output first
 
 
 def run(
@@ -91,6 +108,8 @@ def run(
             f"{settings.input_train} has no image column: use the tabular plugin for "
             "tabular datasets"
         )
+    if settings.remove_top:
+        check_remove_top(settings.remove_top, len(train))
     log.info(
         "scoring %d training rows against %d validation rows, %d trial(s), batch size %d",
         len(train),
@@ -109,15 +128,16 @@ def run(
         keep_temp=settings.keep_temp,
         progress=BarProgress() if progress is None else progress,
     )
-    step_log = step_log_path(settings.output) if settings.step_log else None
-    if step_log is not None:
-        write_step_log(step_log, result.steps)
-    write_output(settings, model, train, result)
-
+    written = write_outputs(settings, train, result)
+    counts = result.counts(settings.remove_top or SUMMARY_TOP)
     summary = Summary(
-        len(train), time.perf_counter() - start, Path(settings.output), result.hvp_method, step_log
+        len(train),
+        time.perf_counter() - start,
+        Path(settings.output),
+        result.hvp_method,
+        counts,
+        written,
     )
-    nnabla.logger.log(99, COMPLETION_MESSAGE)
     log.info(
         "scored %d rows in %.1f s (Hessian-vector products: %s); ranking written to %s",
         summary.rows,
@@ -125,7 +145,32 @@ def run(
         summary.hvp_method,
         os.path.abspath(summary.output),
     )
+    log.info("%s", counts.describe(result.n_trials))
+    nnabla.logger.log(99, COMPLETION_MESSAGE)
     return summary
+
+
+def write_outputs(settings: RunSettings, train: Dataset, result: InfluenceResult) -> List[Path]:
+    """The ranking, then what the options ask for (step log, cleansed CSV, tile)."""
+    written = [Path(settings.output)]
+    write_ranking(settings, train, result)
+    if settings.step_log:
+        written.append(step_log_path(settings.output))
+        write_step_log(written[-1], result.steps)
+    if settings.remove_top:
+        written.append(cleansed_path(settings.output))
+        kept = result.write_cleansed_csv(written[-1], settings.remove_top)
+        log.info(
+            "training CSV without its %d most harmful rows (%d rows kept) written to %s",
+            settings.remove_top,
+            kept,
+            os.path.abspath(written[-1]),
+        )
+    if settings.tile:
+        written.append(tile_path(settings.output))
+        result.write_tile(written[-1], settings.tile, helpful=settings.tile_helpful)
+        log.info("tile of the %d most harmful images written to %s", settings.tile, written[-1])
+    return written
 
 
 def check_settings(settings: RunSettings) -> None:
@@ -144,6 +189,12 @@ def check_settings(settings: RunSettings) -> None:
         raise InfluenceError(f"temporary folder parent not found: {settings.temp_dir}")
     if settings.encoding is not None:
         check_encoding(settings.encoding)
+    for name in ("remove_top", "tile"):
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InfluenceError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
+    if settings.tile and settings.kind != "image":
+        raise InfluenceError("tile draws images: it is for the image plugin")
     if _same_file(settings.input_train, settings.input_val):
         log.warning(
             "input-train and input-val are the same file (%s): scores then measure how rows "
@@ -153,7 +204,7 @@ def check_settings(settings: RunSettings) -> None:
 
 
 def check_output_path(settings: RunSettings) -> None:
-    """The output must go to an existing, writable folder and never over an input."""
+    """Every output must go to an existing, writable folder and never over an input."""
     output = Path(settings.output)
     folder = output.parent
     if output.is_dir():
@@ -162,13 +213,14 @@ def check_output_path(settings: RunSettings) -> None:
         raise InfluenceError(f"output folder not found: {folder}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InfluenceError(f"output folder is not writable: {folder}")
-    for label, path in (
-        ("model", settings.model),
-        ("input-train", settings.input_train),
-        ("input-val", settings.input_val),
-    ):
-        if _same_file(output, path):
-            raise InfluenceError(f"output {output} is the {label} file; choose another name")
+    for written in settings.written_paths():
+        for label, path in (
+            ("model", settings.model),
+            ("input-train", settings.input_train),
+            ("input-val", settings.input_val),
+        ):
+            if _same_file(written, path):
+                raise InfluenceError(f"output {written} is the {label} file; choose another name")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -212,45 +264,39 @@ def temp_parent(settings: RunSettings) -> Path:
     return Path(os.path.abspath(settings.output)).parent
 
 
-def write_output(
-    settings: RunSettings, model: NnpModel, train: Dataset, result: InfluenceResult
-) -> None:
+def write_ranking(settings: RunSettings, train: Dataset, result: InfluenceResult) -> None:
     """Write the ranked rows in the plugin's format (see the README, Output), in the training
     CSV's encoding; UTF-8 with a byte-order mark where that encoding cannot hold a path."""
     encoding = train.csv_format.encoding
     try:
-        _write_ranked(settings, model, train, result, encoding)
+        _write_ranked(settings, train, result, encoding)
     except UnicodeEncodeError as error:
         log.warning(
             "%s cannot hold '%s'; the output is written as UTF-8 (with a byte-order mark)",
             encoding,
             error.object[error.start : error.end],
         )
-        _write_ranked(settings, model, train, result, "utf-8-sig")
+        _write_ranked(settings, train, result, "utf-8-sig")
 
 
 def _write_ranked(
-    settings: RunSettings, model: NnpModel, train: Dataset, result: InfluenceResult, encoding: str
+    settings: RunSettings, train: Dataset, result: InfluenceResult, encoding: str
 ) -> None:
+    spread = result.influence_std
     if settings.kind == "image":
-        labels = label_texts(model, train)
-        write_image_csv(settings.output, train.image_paths(), labels, result.scores, encoding)
+        write_image_csv(
+            settings.output,
+            train.image_paths(),
+            train.label_texts(),
+            result.scores,
+            encoding,
+            spread,
+        )
     else:
         table = train.table
         rows = table.astype(str).values.tolist()
-        write_tabular_csv(settings.output, list(table.columns), rows, result.scores, encoding)
-
-
-def label_texts(model: NnpModel, dataset: Dataset) -> List[str]:
-    """Each row's label as written in the dataset CSV (its label column, untouched)."""
-    for variable in model.data_variables:
-        if not variable.is_label:
-            continue
-        columns = dataset.columns.get(variable.variable_name, [])
-        if len(columns) == 1:
-            return dataset.table[columns[0]].astype(str).tolist()
-    labels = np.asarray(dataset.labels())
-    return [" ".join(str(v) for v in np.ravel(row)) for row in labels]
+        columns = list(table.columns)
+        write_tabular_csv(settings.output, columns, rows, result.scores, encoding, spread)
 
 
 def step_log_path(output: Path) -> Path:

@@ -57,7 +57,9 @@ PROPERTIES = {
     "--output": ("csv", {"image": "influence.csv", "tabular": "sgd_influence_tabular.csv"}),
     "--seed": ("int", {"image": "0", "tabular": "0"}),
     "--n_trials": ("int", {"image": "6", "tabular": "1"}),
+    "--remove_top": ("int", {"image": "0", "tabular": "0"}),
 }
+ONLY = {"image": {"--tile": ("int", {"image": "0"})}, "tabular": {}}  # per plugin
 SHORT_FLAGS = ["-m", "-bs", "-t", "-v", "-o", "-s", "-nt"]
 HIDDEN = [
     "--mode",
@@ -69,6 +71,7 @@ HIDDEN = [
     "--keep-temp",
     "--step-log",
     "--encoding",
+    "--tile-helpful",
 ]
 
 
@@ -105,8 +108,9 @@ def test_help_lists_every_property_with_type_and_default(kind):
     description = result.stdout.split("\n\n")[1]
     assert description.splitlines()[0] == TITLES[kind]
     entries = help_entries(result.stdout)
-    assert set(entries) == {"--help", *PROPERTIES}
-    for flag, (kind_of_value, defaults) in PROPERTIES.items():
+    properties = {**PROPERTIES, **ONLY[kind]}
+    assert set(entries) == {"--help", *properties}
+    for flag, (kind_of_value, defaults) in properties.items():
         assert f"({kind_of_value})" in entries[flag], (flag, entries[flag])
         if defaults is None:
             assert "default=" not in entries[flag]
@@ -122,7 +126,7 @@ def test_help_lists_every_property_with_type_and_default(kind):
 def test_help_defaults_are_the_parser_defaults(kind):
     parser = build_parser(kind)
     visible = [a for a in parser._actions if a.help != argparse.SUPPRESS and a.dest != "help"]
-    assert len(visible) == len(PROPERTIES)
+    assert len(visible) == len(PROPERTIES) + len(ONLY[kind])
     for action in visible:
         match = re.search(r"default=(\S+)$", action.help)
         if action.required:
