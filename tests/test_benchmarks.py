@@ -263,3 +263,15 @@ def test_cleansing_smoke_run(samples_dir, tmp_path):
     for line in zero:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1] == cells[3] == cells[5]
+
+
+def test_cleansed_retraining_smoke_run(samples_dir, tmp_path):
+    stdout = _run("cleansed_retraining.py", tmp_path, "--smoke")
+    assert (tmp_path / "cleansed_retraining.md").read_text(encoding="utf-8") == stdout
+    (row,) = _markdown_rows(stdout, "cancer_").values()
+    assert row[2] == "34 of 341"
+    hits = int(row[3].split(" of ")[0])
+    assert hits > 3 * 34 / 10  # far above the 10 % a random choice would find
+    for cell in row[4:6]:
+        assert 50.0 < float(cell.split(" ± ")[0]) <= 100.0
+    assert (tmp_path / "cleansed" / "cancer_logreg_noisy_influence_cleansed.csv").is_file()
