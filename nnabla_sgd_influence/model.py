@@ -19,6 +19,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .compat import (
+    backward_function_registry,
+    create_function_instance,
+    solver_parameters,
+    unknown_field_hint,
+)
 from .context import skip_missing_extension_lookup
 from .errors import InfluenceError
 
@@ -179,7 +185,8 @@ def _read_network_definition(archive: zipfile.ZipFile, path: Path):
             part.ParseFromString(archive.read(name))
             proto.MergeFrom(part)
     except Exception as error:  # protobuf raises several unrelated types
-        raise InfluenceError(f"{path}: cannot read the network definition ({error})") from None
+        reason = f"{error}{unknown_field_hint(error)}"
+        raise InfluenceError(f"{path}: cannot read the network definition ({reason})") from None
     return proto
 
 
@@ -377,7 +384,7 @@ def _solver_spec(optimizer, state, proto) -> SolverSpec:
     field_name = _SOLVER_PARAM_FIELDS.get(solver.type)
     if field_name is None:
         raise InfluenceError(f"solver '{solver.type}' is not supported by nnabla")
-    message = getattr(solver, field_name)
+    message = solver_parameters(solver, field_name)
     hyper = {f.name: value for f, value in message.ListFields()}
     hyper.update(
         {
@@ -518,13 +525,12 @@ _SECOND_ORDER_EQUIVALENTS = {"DepthwiseConvolution": _depthwise_as_grouped_convo
 def _call_function(function, args: Sequence, batch_size: int, file_batch: int, training: bool):
     import nnabla as nn
     import nnabla.functions as F
-    from nnabla.utils.load_function import _create_function_instance
 
     if not training and function.type in ("Dropout", "ImageAugmentation"):
         return (F.identity(args[0]),)
     proto = copy.deepcopy(function)
     _prepare_function_proto(proto, batch_size, file_batch, training)
-    instance = _create_function_instance(nn.get_current_context(), proto)
+    instance = create_function_instance(nn.get_current_context(), proto)
     outputs = instance(*args, n_outputs=len(proto.output), auto_forward=nn.get_auto_forward())
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
@@ -559,8 +565,9 @@ def layers_without_second_order(model: NnpModel) -> List[Layer]:
     """
     import inspect
 
-    from nnabla.backward_functions import registry
-
+    registry = backward_function_registry()
+    if registry is None:  # see compat: the trial pass still decides
+        return []
     missing = []
     for layer in model.layers:
         if layer.type in _SECOND_ORDER_EQUIVALENTS:
