@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
+from .compat import import_nnabla
 from .errors import InfluenceError
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
@@ -195,6 +196,7 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _raise_interrupt)  # a stopped run cleans up too
     try:
+        import_nnabla()  # the one known broken install, explained
         from .pipeline import run
 
         run(settings_from_args(kind, args))

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from .compat import bilinear_resample
 from .errors import InfluenceError
 from .model import DataVariable
 
@@ -472,11 +473,9 @@ def _open_image(path: str, location: str):
 
 def _to_array(image, shape: _ImageShape, variable: DataVariable, location: str, path: str):
     """The image in the model's channels and size, as uint8 ``(C, H, W)`` or ``(H, W)``."""
-    from PIL import Image
-
     converted = _to_channels(image, shape.channels, variable, location, path)
     if converted.size != (shape.width, shape.height):
-        converted = converted.resize((shape.width, shape.height), Image.Resampling.BILINEAR)
+        converted = converted.resize((shape.width, shape.height), bilinear_resample())
     pixels = np.asarray(converted, dtype=np.uint8)
     if pixels.ndim == 3:
         return pixels.transpose(2, 0, 1)

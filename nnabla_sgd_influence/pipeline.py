@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 import nnabla
 import numpy as np
 
+from .compat import warn_if_untested_nnabla
 from .context import select_context
 from .datasets import Dataset, load_dataset
 from .engine import TrialResult, run_trial
@@ -70,6 +71,7 @@ def run(settings: Settings) -> Summary:
     """Score every row of ``settings.input_train`` and write the ranked CSV."""
     start = time.perf_counter()
     check_settings(settings)
+    warn_if_untested_nnabla(log)
     select_context(settings.context, settings.device_id)
     model = load_model(settings.model)
     check_layers(model, settings.kind)

@@ -42,6 +42,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from .compat import solver_unavailable_message
 from .errors import InfluenceError
 from .model import SolverSpec
 
@@ -108,7 +109,7 @@ def create_solver(spec: SolverSpec, params: Dict[str, object]):
 
     factory = getattr(S, spec.type, None)
     if factory is None:
-        raise InfluenceError(f"solver '{spec.type}' is not available in this nnabla")
+        raise InfluenceError(solver_unavailable_message(spec.type))
     accepted = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in spec.hyper_parameters.items() if k in accepted}
     solver = factory(**kwargs)
