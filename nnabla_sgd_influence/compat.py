@@ -18,8 +18,9 @@ and 1.39.0:
   1.35.0. Every other solver, scheduler and ``.nnp`` field read by :mod:`.model` exists in 1.32.
 - Every release from 1.32 to 1.39 looks for the modules ``nnabla.nnabla`` and
   ``nnabla.nnabla_ext`` on every ``.d``/``.g`` access and every layer it creates.
-- 1.32.x reads ``numpy.bool`` when imported, which numpy removed in 1.24: nnabla 1.32 needs
-  numpy < 1.24 although its own metadata allows any numpy >= 1.20 (1.33 pins ``~=1.23.0``).
+- Each release is built against one numpy minor: 1.32-1.35 import with numpy 1.23.x only,
+  1.36-1.37 pin 1.24.x, 1.38-1.39 1.26.x. 1.32's metadata says numpy >= 1.20, wrongly: older
+  numpy fails its C-API check, and 1.24 removed ``numpy.bool``, which 1.32 reads on import.
 """
 
 from __future__ import annotations
@@ -84,32 +85,70 @@ def warn_if_untested_nnabla(log) -> None:
         )
 
 
-def import_nnabla():
-    """``import nnabla``, with the one known broken combination explained.
+# The numpy each nnabla release works with. Its wheels are built against one numpy minor
+# (C API); 1.32 declares numpy >= 1.20 but imports only with 1.23.x (older: "compiled against
+# API version 0x10"; 1.24 and later removed numpy.bool, which it reads).
+NUMPY_FOR_NNABLA = {
+    (1, 32): "1.23.0",
+    (1, 33): "1.23.0",
+    (1, 34): "1.23.0",
+    (1, 35): "1.23.0",
+    (1, 36): "1.24.0",
+    (1, 37): "1.24.0",
+    (1, 38): "1.26.0",
+    (1, 39): "1.26.0",
+}
+_NUMPY_MISMATCH = (
+    r"module 'numpy' has no attribute '(bool|int|float|object)'",  # numpy too new for 1.32
+    r"numpy\.core\.multiarray failed to import|compiled against API version",  # too old
+    r"size changed, may indicate binary incompatibility",  # numpy 2 under a numpy 1 build
+)
 
-    nnabla 1.32.x fails on import with numpy >= 1.24 (it reads ``numpy.bool``, removed there)
-    although its metadata accepts any numpy >= 1.20; raise :class:`InfluenceError` saying so.
+
+def import_nnabla():
+    """``import nnabla``; a numpy that does not fit the installed nnabla is explained.
+
+    Raises :class:`InfluenceError` naming the numpy to install (see ``NUMPY_FOR_NNABLA``);
+    any other failure, a missing nnabla included, is raised as it is.
     """
     try:
         import nnabla
-    except AttributeError as error:
-        message = numpy_too_new_message(error)
+    except (AttributeError, ImportError, RuntimeError, ValueError) as error:
+        message = numpy_mismatch_message(error)
         if message is None:
             raise
+        _forget_half_imported_nnabla()
         raise InfluenceError(message) from None
     return nnabla
 
 
-def numpy_too_new_message(error: BaseException) -> Optional[str]:
-    """The explanation for nnabla's import failing on a removed numpy alias, or None."""
-    found = re.search(r"module 'numpy' has no attribute '(bool|int|float|object)'", str(error))
-    if found is None:
-        return None
-    import numpy
+def _forget_half_imported_nnabla() -> None:
+    """Drop the exit hook of an nnabla whose import failed (it would fail again, loudly)."""
+    import atexit
 
+    init = sys.modules.get("nnabla._init")
+    finalize = getattr(init, "finalize", None)
+    if finalize is not None:
+        atexit.unregister(finalize)
+
+
+def numpy_mismatch_message(error: BaseException) -> Optional[str]:
+    """Why ``import nnabla`` failed, when the installed numpy does not fit it; else None."""
+    if not any(re.search(pattern, str(error)) for pattern in _NUMPY_MISMATCH):
+        return None
+    from importlib import metadata
+
+    try:
+        numpy_version = metadata.version("numpy")
+        nnabla_version = metadata.version("nnabla")
+    except metadata.PackageNotFoundError:
+        return None
+    fits = NUMPY_FOR_NNABLA.get(version_tuple(nnabla_version)[:2])
+    advice = f': pip install "numpy~={fits}"' if fits else ""
+    works = f"; it works with numpy {fits[:-2]}.x{advice}" if fits else ""
     return (
-        f"this nnabla needs numpy older than 1.24 (installed: numpy {numpy.__version__}, which "
-        f'removed numpy.{found.group(1)}); install one with: pip install "numpy<1.24"'
+        f"nnabla {nnabla_version} cannot be imported with numpy {numpy_version} "
+        f"({(str(error).strip().splitlines() or [''])[0]}){works}"
     )
 
 
@@ -265,6 +304,21 @@ def unknown_field_hint(error: BaseException) -> str:
 
 # --------------------------------------------------------------------------------------
 # Pillow
+
+
+def sixteen_bit_png(image):
+    """A 16-bit grayscale PNG as an ``I;16`` image, whatever the Pillow; else None.
+
+    Pillow 10.3 and later open such files in mode ``I;16``; earlier ones (8.x to 10.2) in
+    mode ``I``, 32-bit, which would be refused as an unsupported mode. A PNG holds at most
+    16 bits per sample, so its ``I`` pixels fit ``uint16`` exactly.
+    """
+    if image.format != "PNG" or image.mode != "I":
+        return None
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.asarray(image).astype(np.uint16))
 
 
 def bilinear_resample():

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from .compat import bilinear_resample
+from .compat import bilinear_resample, sixteen_bit_png
 from .errors import InfluenceError
 from .model import DataVariable
 
@@ -465,7 +465,7 @@ def _open_image(path: str, location: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            return sixteen_bit_png(image) or image.copy()
     except Exception as error:  # Pillow reports unreadable files with many exception types
         reason = " ".join(str(error).split()) or type(error).__name__
         raise InfluenceError(f"{location}: {path} cannot be read as an image ({reason})") from None

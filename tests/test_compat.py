@@ -300,21 +300,44 @@ def test_existing_extension_modules_are_left_alone(monkeypatch):
     assert "nnabla.nnabla" not in sys.modules and "nnabla.nnabla_ext" not in sys.modules
 
 
-def _import_fails_like_nnabla_132(monkeypatch):
+NUMPY_TOO_NEW = AttributeError("module 'numpy' has no attribute 'bool'.")  # 1.32, numpy 1.24+
+NUMPY_TOO_OLD = ImportError("numpy.core.multiarray failed to import")  # 1.32, numpy 1.22
+NUMPY_2 = ValueError("numpy.dtype size changed, may indicate binary incompatibility. Expected 96")
+
+
+def _import_fails(monkeypatch, error):
     real_import = builtins.__import__
 
     def fake(name, *args, **kwargs):
         if name == "nnabla":
-            raise AttributeError("module 'numpy' has no attribute 'bool'.")
+            raise error
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake)
 
 
-def test_numpy_too_new_for_nnabla_is_explained(monkeypatch):
-    _import_fails_like_nnabla_132(monkeypatch)
-    with pytest.raises(InfluenceError, match=r'numpy older than 1\.24.*pip install "numpy<1\.24"'):
+@pytest.mark.parametrize("error", [NUMPY_TOO_NEW, NUMPY_TOO_OLD, NUMPY_2])
+def test_numpy_that_does_not_fit_nnabla_is_explained(monkeypatch, error):
+    from importlib import metadata
+
+    fits = compat.NUMPY_FOR_NNABLA[compat.nnabla_version()[:2]]
+    _import_fails(monkeypatch, error)
+    with pytest.raises(InfluenceError) as raised:
         compat.import_nnabla()
+    message = str(raised.value)
+    assert message.startswith(f"nnabla {metadata.version('nnabla')} cannot be imported with numpy")
+    assert message.endswith(f'pip install "numpy~={fits}"')
+
+
+def test_missing_nnabla_is_not_explained_as_numpy(monkeypatch):
+    _import_fails(monkeypatch, ModuleNotFoundError("No module named 'nnabla'", name="nnabla"))
+    with pytest.raises(ModuleNotFoundError):
+        compat.import_nnabla()
+
+
+def test_every_supported_release_has_its_numpy():
+    low, high = compat.NNABLA_RANGE
+    assert set(compat.NUMPY_FOR_NNABLA) == {(1, minor) for minor in range(low[1], high[1])}
 
 
 def test_other_import_errors_pass_through(monkeypatch):
@@ -330,11 +353,30 @@ def test_other_import_errors_pass_through(monkeypatch):
         compat.import_nnabla()
 
 
-def test_plugin_explains_numpy_too_new(monkeypatch, tmp_path, capsys):
-    _import_fails_like_nnabla_132(monkeypatch)
+def test_plugin_explains_a_numpy_that_does_not_fit(monkeypatch, tmp_path, capsys):
+    _import_fails(monkeypatch, NUMPY_TOO_NEW)
     code = cli.main("tabular", ["-t", str(tmp_path / "t.csv"), "-v", str(tmp_path / "v.csv")])
     assert code == 1
-    assert 'pip install "numpy<1.24"' in capsys.readouterr().err
+    assert 'pip install "numpy~=' in capsys.readouterr().err
+
+
+def test_sixteen_bit_png_as_older_pillow_opens_it(tmp_path):
+    from PIL import Image
+
+    wide = np.array([[0, 257, 65535]], dtype=np.uint16)
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    as_before_10_3 = Image.fromarray(wide.astype(np.int32))
+    as_before_10_3.format = "PNG"
+    converted = compat.sixteen_bit_png(as_before_10_3)
+    assert converted.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(converted), wide)
+    with Image.open(tmp_path / "w.png") as opened:
+        assert opened.mode in ("I", "I;16")
+        again = compat.sixteen_bit_png(opened)
+        assert again is None if opened.mode == "I;16" else again.mode == "I;16"
+    tiff = Image.fromarray(wide.astype(np.int32))  # 32-bit: not a PNG, left alone
+    tiff.format = "TIFF"
+    assert compat.sixteen_bit_png(tiff) is None
 
 
 def test_bilinear_filter_on_old_and_new_pillow(monkeypatch):
