@@ -2,7 +2,7 @@
 # Both set everything up on a fresh machine (see scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: setup samples demo test lint format bench cleansing clean
+.PHONY: setup samples demo test lint format bench cleansing clean setup-oldest test-oldest
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -23,6 +23,26 @@ format: setup
 
 test: samples lint
 	@$(PY) -m pytest -q
+
+# The same tests' focused subset on the oldest supported nnabla and dependencies
+# (scripts/oldest-requirements.txt), in .venv-oldest, which does not have the package installed,
+# like NNC's Python: it is imported from the checkout. Loading, the version shims, the solvers
+# against nnabla's own updates, datasets, one run of each plugin, leave-one-out agreement on the
+# tabular samples. The samples are built by .venv (nnabla 1.32 cannot save solver state).
+OLDEST_PY := .venv-oldest/bin/python
+OLDEST_TESTS := tests/test_compat.py tests/test_model.py tests/test_solvers.py \
+	tests/test_datasets.py \
+	tests/test_cli.py::test_plugin_runs_from_a_checkout_without_the_package_installed \
+	tests/test_end_to_end.py::test_image_plugin_on_the_noisy_digits \
+	tests/test_end_to_end.py::test_tabular_plugin_on_the_noisy_cancer_data \
+	tests/test_end_to_end.py::test_real_nnc_model_runs_end_to_end \
+	tests/test_leave_one_out.py::test_one_epoch_from_the_trained_model
+
+setup-oldest:
+	@bash scripts/bootstrap.sh oldest
+
+test-oldest: samples setup-oldest
+	@$(OLDEST_PY) -m pytest -q -W ignore::DeprecationWarning $(OLDEST_TESTS)
 
 bench: samples
 	@$(PY) benchmarks/bench_speed.py
