@@ -196,7 +196,7 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _raise_interrupt)  # a stopped run cleans up too
     try:
-        import_nnabla()  # the one known broken install, explained
+        import_nnabla()  # a numpy that does not fit the installed nnabla, explained
         from .pipeline import run
 
         run(settings_from_args(kind, args))

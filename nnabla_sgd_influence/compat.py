@@ -5,22 +5,22 @@ names the releases it serves and the public API it prefers. Where nnabla has no 
 what we need, the private one is used when it is there, with a fallback built on public pieces
 that ``tests/test_compat.py`` exercises on every release by forcing it.
 
-Facts this module relies on, checked against the installed sources of 1.32.0, 1.35.1, 1.38.0
-and 1.39.0:
+Facts this module relies on, checked against the installed 1.32.0, 1.33.1, 1.34.0, 1.35.1,
+1.36.0, 1.37.0, 1.38.0 and 1.39.0:
 
 - ``nnabla.utils.load_function._create_function_instance(ctx, proto)`` exists with that
   signature in all of them (nnabla's own graph loader, ``nnabla.core.graph_def``, calls it). It
   is generated code that passes every field of the layer's ``<type>_param`` message, under the
-  field's own name, to the class ``nnabla.function.<type>``; Shape fields as their ``dim`` list.
+  field's own name, to ``nnabla.function.<type>``; Shape fields as their ``dim`` list.
 - ``nnabla.backward_functions.registry`` maps layer types to their backward functions in all
   of them; layers added later only add entries.
 - ``Lion`` (the solver and the ``lion_param`` field of ``nnabla_pb2.Solver``) first appears in
   1.35.0. Every other solver, scheduler and ``.nnp`` field read by :mod:`.model` exists in 1.32.
 - Every release from 1.32 to 1.39 looks for the modules ``nnabla.nnabla`` and
   ``nnabla.nnabla_ext`` on every ``.d``/``.g`` access and every layer it creates.
-- Each release is built against one numpy minor: 1.32-1.35 import with numpy 1.23.x only,
-  1.36-1.37 pin 1.24.x, 1.38-1.39 1.26.x. 1.32's metadata says numpy >= 1.20, wrongly: older
-  numpy fails its C-API check, and 1.24 removed ``numpy.bool``, which 1.32 reads on import.
+- Each release is built against one numpy minor: 1.33-1.35 pin numpy 1.23.x, 1.36-1.37 1.24.x,
+  1.38-1.39 1.26.x. 1.32's metadata says numpy >= 1.20, wrongly: it imports only with 1.23.x
+  (older numpy fails its C-API check; 1.24 removed ``numpy.bool``, which 1.32 reads).
 """
 
 from __future__ import annotations
