@@ -19,15 +19,21 @@ setup(
     packages=find_packages(include=["nnabla_sgd_influence", "nnabla_sgd_influence.*"]),
     # NNabla publishes wheels for CPython 3.8-3.10 only.
     python_requires=">=3.8,<3.11",
+    # Every lower bound is the oldest release tested with nnabla 1.32 on Python 3.10 (the
+    # oldest with wheels for it). nnabla narrows numpy itself (1.32-1.35 import with 1.23.x
+    # only, 1.36-1.37 pin 1.24.x, 1.38-1.39 1.26.x) and protobuf (1.32-1.34 <=3.19.4,
+    # 1.35-1.36 <=3.19.6, 1.37-1.39 ~=3.20). Nothing here asks for more than an installed
+    # nnabla 1.32-1.39 works with, so installing this package never replaces that nnabla.
     install_requires=[
-        "nnabla>=1.39,<1.40",
-        "numpy>=1.20,<2",
+        "nnabla>=1.32,<1.40",
+        "numpy>=1.23,<2",
         "pandas>=1.3",
-        "pillow>=8",
+        "pillow>=8.3",
+        "h5py>=3.6",
+        "protobuf>=3.19,<4",
         "tqdm>=4.60",
     ],
     extras_require={
-        "gpu": ["nnabla-ext-cuda120>=1.39,<1.40"],
         "dev": [
             "pytest>=7",
             "ruff==0.17.6",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
 from .arguments import HVP_METHODS, MODES
+from .compat import import_nnabla
 from .context import CONTEXTS
 from .environment import check_environment
 from .errors import InfluenceError, excerpt
@@ -246,6 +247,7 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     with contextlib.suppress(ValueError):  # ValueError: not the main thread
         signal.signal(signal.SIGTERM, _raise_interrupt)  # a stopped run cleans up too
     try:
+        import_nnabla()  # a numpy that does not fit the installed nnabla, explained
         from .pipeline import run
 
         run(*settings_from_args(kind, args))
@@ -269,8 +271,27 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
         )
         return 1
     except Exception as error:
+        if _caused_by_interrupt(error):
+            report("interrupted")
+            return 130
         return _internal_error(error, debug)
     return 0
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt lies under ``error``.
+
+    An interrupt that arrives while nnabla runs one of its Python callbacks (the backward
+    functions of a second-order pass) surfaces as a SystemError ("returned a result with an
+    exception set") whose chain ends in the KeyboardInterrupt, on every nnabla 1.32-1.39.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _internal_error(error: BaseException, debug: bool) -> int:

@@ -153,20 +153,3 @@ def select_context(requested: Optional[str], device_id: str = "0") -> object:
     else:
         log.info("context: cpu (chosen by %s)", source)
     return context
-
-
-def skip_missing_extension_lookup() -> None:
-    """Make nnabla's array access fast: remember that two modules it looks for do not exist.
-
-    nnabla 1.39's compiled modules first try ``import nnabla`` and ``import nnabla_ext.cpu``
-    relative to the package (``nnabla.nnabla``, ``nnabla.nnabla_ext``) on every ``.d``/``.g``
-    access and function call, and fall back when that fails; each failed search of the import
-    path costs tens of microseconds, much of a small model's step. Recording their absence
-    once makes those imports fail at once. Nothing changes where such a module does exist.
-    """
-    import importlib.util
-    import sys
-
-    for name in ("nnabla.nnabla", "nnabla.nnabla_ext"):
-        if name not in sys.modules and importlib.util.find_spec(name) is None:
-            sys.modules[name] = None

@@ -9,22 +9,15 @@ reads installed packages' metadata only, so it costs milliseconds and imports no
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
-from typing import Optional, Tuple
+from typing import Optional
 
+from .compat import NNABLA_RANGE, version_tuple
 from .errors import InfluenceError
 
 PYTHON_RANGE = ((3, 8), (3, 10))  # NNabla publishes wheels for these
-NNABLA_OLDEST = (1, 32, 0)  # see the README, "Supported NNabla versions"
-NNABLA_NEWEST_TESTED = (1, 39, 0)
+NNABLA_OLDEST = NNABLA_RANGE[0]
 RUN_TIME_PACKAGES = ("numpy", "scipy", "PIL", "h5py", "google.protobuf", "tqdm", "pandas")
-
-
-def version_tuple(text: str) -> Tuple[int, ...]:
-    """(1, 39, 0) for "1.39.0" (and for "1.39.0rc1"): the leading numbers."""
-    numbers = re.findall(r"\d+", text.split("+")[0])[:3]
-    return tuple(int(n) for n in numbers)
 
 
 def installed_version(distribution: str) -> Optional[str]:

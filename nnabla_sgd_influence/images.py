@@ -14,6 +14,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 import pandas as pd
 
+from .compat import bilinear_resample, sixteen_bit_png
 from .errors import InfluenceError
 from .model import DataVariable
 
@@ -121,7 +122,7 @@ def _open_image(path: str, location: str):
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            return sixteen_bit_png(image) or image.copy()
     except Exception as error:  # Pillow reports unreadable files with many exception types
         reason = " ".join(str(error).split()) or type(error).__name__
         raise InfluenceError(f"{location}: {path} cannot be read as an image ({reason})") from None
@@ -129,11 +130,9 @@ def _open_image(path: str, location: str):
 
 def _to_array(image, shape: ImageShape, variable: DataVariable, location: str, path: str):
     """The image in the model's channels and size, as uint8 ``(C, H, W)`` or ``(H, W)``."""
-    from PIL import Image
-
     converted = _to_channels(image, shape.channels, variable, location, path)
     if converted.size != (shape.width, shape.height):
-        converted = converted.resize((shape.width, shape.height), Image.Resampling.BILINEAR)
+        converted = converted.resize((shape.width, shape.height), bilinear_resample())
     pixels = np.asarray(converted, dtype=np.uint8)
     if pixels.ndim == 3:
         return pixels.transpose(2, 0, 1)

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .context import skip_missing_extension_lookup
+from .compat import skip_missing_extension_lookup, unknown_field_hint
 from .errors import InfluenceError
 from .solvers import SolverSpec, read_solver_spec
 
@@ -164,7 +164,8 @@ def _read_network_definition(archive: zipfile.ZipFile, path: Path):
             part.ParseFromString(archive.read(name))
             proto.MergeFrom(part)
     except Exception as error:  # protobuf raises several unrelated types
-        raise InfluenceError(f"{path}: cannot read the network definition ({error})") from None
+        reason = f"{error}{unknown_field_hint(error)}"
+        raise InfluenceError(f"{path}: cannot read the network definition ({reason})") from None
     return proto
 
 

@@ -19,6 +19,7 @@ import nnabla
 from .api import compute_influence
 from .arguments import InfluenceArguments
 from .cleansing import Counts, check_remove_top, cleansed_path
+from .compat import warn_if_untested_nnabla
 from .context import resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
@@ -86,6 +87,7 @@ def run(
     """Score every row of ``settings.input_train`` and write the ranked CSV (bars by default)."""
     start = time.perf_counter()
     check_settings(settings)
+    warn_if_untested_nnabla(log)
     resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
     model = load_model(settings.model)
     check_layers(model, settings.kind)

@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .compat import solver_parameters, solver_unavailable_message
 from .errors import InfluenceError
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ def read_solver_spec(optimizer, state: Dict[str, Dict[str, np.ndarray]], proto) 
     """The :class:`SolverSpec` of an ``optimizer`` message of the ``.nnp``."""
     solver = optimizer.solver
     entry = solver_model(solver.type)
-    message = getattr(solver, entry.param_field)
+    message = solver_parameters(solver, entry.param_field)
     hyper = {f.name: value for f, value in message.ListFields()}
     hyper.update(
         {
@@ -308,7 +309,7 @@ def create_solver(spec: SolverSpec, params: Dict[str, object]):
 
     factory = getattr(S, spec.type, None)
     if factory is None:
-        raise InfluenceError(f"solver '{spec.type}' is not available in this nnabla")
+        raise InfluenceError(solver_unavailable_message(spec.type))
     accepted = inspect.signature(factory).parameters
     kwargs = {k: v for k, v in spec.hyper_parameters.items() if k in accepted}
     solver = factory(**kwargs)

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Build .venv with a Python that NNabla ships wheels for (3.8-3.10) and install the
-# package (editable) with its development extra. Safe to run again: it only redoes
-# the install when setup.py changed.
+# Build a virtual environment with a Python that NNabla ships wheels for (3.8-3.10).
+#
+#   scripts/bootstrap.sh          .venv: the package (editable) with its development extra
+#   scripts/bootstrap.sh oldest   .venv-oldest: scripts/oldest-requirements.txt only (the oldest
+#                                 supported nnabla and dependencies), without the package
+#
+# Safe to run again: it only reinstalls when setup.py (or the requirements file) changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=.venv
+kind=${1:-dev}
+case "$kind" in
+    dev) venv=.venv; spec=setup.py ;;
+    oldest) venv=.venv-oldest; spec=scripts/oldest-requirements.txt ;;
+    *) echo "usage: $0 [oldest]" >&2; exit 2 ;;
+esac
 stamp="$venv/.installed-setup-hash"
 
 supported() { "$1" -c 'import sys; sys.exit(0 if (3, 8) <= sys.version_info[:2] <= (3, 10) else 1)' 2>/dev/null; }
@@ -40,10 +49,21 @@ if [ ! -x "$venv/bin/python" ] || ! supported "$venv/bin/python"; then
     "$py" -m venv "$venv"
 fi
 
-want=$(cat setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat "$spec" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "Installing nnabla-sgd-influence and its development tools into $venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip setuptools wheel
-    "$venv/bin/python" -m pip install --quiet -e ".[dev]"
+    if [ "$kind" = dev ]; then
+        echo "Installing nnabla-sgd-influence and its development tools into $venv"
+        "$venv/bin/python" -m pip install --quiet -e ".[dev]"
+    else
+        echo "Installing the oldest supported nnabla and dependencies into $venv"
+        # Wheels only: a pin without a wheel for this Python fails here instead of compiling.
+        "$venv/bin/python" -m pip install --quiet --only-binary=:all: -r "$spec"
+        # It stands for NNC's Python: nnabla, but not this package.
+        if (cd / && "$venv/bin/python" -c 'import nnabla_sgd_influence' 2>/dev/null); then
+            echo "error: $venv has nnabla-sgd-influence installed; remove $venv and run again" >&2
+            exit 1
+        fi
+    fi
     echo "$want" > "$stamp"
 fi

@@ -360,6 +360,25 @@ def test_exit_codes(monkeypatch, capsys, raised, code, line):
     assert len(err.splitlines()) == 1 and err.startswith(line), err
 
 
+def test_interrupt_inside_an_nnabla_callback_is_an_interrupt(monkeypatch, capsys):
+    import nnabla_sgd_influence.cli as cli
+    import nnabla_sgd_influence.pipeline as pipeline
+
+    def fail(_settings, _arguments):
+        # What nnabla raises when the signal handler runs inside its backward callback.
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise SystemError("<cyfunction Variable.backward> returned a result") from interrupt
+
+    monkeypatch.setattr(pipeline, "run", fail)
+    monkeypatch.setattr(cli, "configure_logging", lambda debug: None)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+    monkeypatch.delenv("NNSI_DEBUG", raising=False)
+    assert cli.main_tabular(["-t", "a.csv", "-v", "b.csv"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 def test_debug_shows_the_traceback(monkeypatch, capsys):
     import nnabla_sgd_influence.cli as cli
     import nnabla_sgd_influence.pipeline as pipeline

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nnabla_sgd_influence.compat import bilinear_resample
 from nnabla_sgd_influence.csvfile import (
     CsvFormat,
     check_encoding,
@@ -196,7 +197,7 @@ def test_resizing_logs_a_single_warning(tmp_path, caplog):
     assert "3 of 4 images" in warnings[0].getMessage()
     assert "28x28" in warnings[0].getMessage()
     with Image.open(tmp_path / "0.png") as image:
-        expected = np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BILINEAR))
+        expected = np.asarray(image.convert("L").resize((28, 28), bilinear_resample()))
     np.testing.assert_array_equal(dataset.batch(np.array([0]))["Input"][0, 0], expected)
     assert dataset.batch(np.arange(4))["Input"].shape == (4, 1, 28, 28)
 
