@@ -29,6 +29,7 @@ setup(
         "numpy>=1.23,<2",
         "pandas>=1.3",
         "pillow>=8.3",
+        "scipy>=1.8",
         "h5py>=3.6",
         "protobuf>=3.19,<4",
         "tqdm>=4.60",
