@@ -21,6 +21,7 @@ import numpy as np
 
 from .context import skip_missing_extension_lookup
 from .errors import InfluenceError
+from .second_order import LOSS_EQUIVALENTS
 
 log = logging.getLogger(__name__)
 skip_missing_extension_lookup()
@@ -512,7 +513,10 @@ def _depthwise_as_grouped_convolution(function, args: Sequence):
     )
 
 
-_SECOND_ORDER_EQUIVALENTS = {"DepthwiseConvolution": _depthwise_as_grouped_convolution}
+_SECOND_ORDER_EQUIVALENTS = {
+    "DepthwiseConvolution": _depthwise_as_grouped_convolution,
+    **LOSS_EQUIVALENTS,  # nnabla's own second-order backward drops a batch axis of size 1
+}
 
 
 def _call_function(function, args: Sequence, batch_size: int, file_batch: int, training: bool):
