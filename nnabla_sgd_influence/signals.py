@@ -218,14 +218,14 @@ def _deliver(signum: int, handler) -> None:
 def hold_until_exit() -> None:
     """Ignore the handled signals for the rest of the process: the last call of a script.
 
-    After the run's work is done, the interpreter's shutdown (nnabla's atexit ``finalize``
-    and C++ destructors) takes a noticeable time, and Python puts back the default action of
-    every signal that has a Python handler when it starts shutting down: a signal then ends
-    the process by the signal, turning a finished run (exit 0) or an interrupted one (130)
-    into a death by signal. Ignored signals are left ignored by the shutdown. (Blocking them
-    would not do: ``pthread_sigmask`` covers the calling thread only, and nnabla's worker
-    threads would take the signal.) Never call it in a process that goes on working (a
-    notebook, a test runner).
+    After the run's work is done, the interpreter's shutdown takes a noticeable time (nnabla's
+    atexit ``finalize``, then its C++ destructors), and late in it, after the atexit handlers,
+    Python puts back the default action of every signal that has a Python handler: a signal
+    then ends the process by the signal, turning a finished run (exit 0) or an interrupted one
+    (130) into a death by signal (seen in the sweeps: SIGINT at the end of a run, exit -2).
+    Ignored signals are left ignored by the shutdown. (Blocking them would not do:
+    ``pthread_sigmask`` covers the calling thread only, and nnabla's worker threads would take
+    the signal.) Never call it in a process that goes on working (a notebook, a test runner).
     """
     with suppress(ValueError):  # not the main thread
         for signum in handled_signals().values():

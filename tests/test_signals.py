@@ -130,6 +130,15 @@ def test_deferred_without_install_calls_a_previous_handler(fresh):
     assert calls == [signal.SIGTERM]
 
 
+def test_hold_until_exit_ignores_the_signals(fresh):
+    """The interpreter's shutdown leaves ignored signals ignored (it restores handled ones)."""
+    signals.install()
+    signals.hold_until_exit()
+    assert all(signal.getsignal(s) is signal.SIG_IGN for s in HANDLED)
+    deliver(signal.SIGTERM)  # ignored: the test process lives on
+    assert signals.pending() is None
+
+
 # --------------------------------------------------------------------------------------
 # The sweep, in a subprocess
 
