@@ -2,7 +2,7 @@
 # Both set everything up on a fresh machine (see scripts/bootstrap.sh).
 PY := .venv/bin/python
 
-.PHONY: setup samples demo test lint format bench cleansing clean setup-oldest test-oldest
+.PHONY: setup samples demo test lint format bench cleansing clean setup-oldest test-oldest test-slow
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -45,6 +45,10 @@ setup-oldest:
 
 test-oldest: samples setup-oldest
 	@$(OLDEST_PY) -m pytest -q -W ignore::DeprecationWarning $(OLDEST_TESTS)
+
+# The stress runs left out of `make test` (the dense signal sweep: 240 runs, a few minutes).
+test-slow: samples
+	@$(PY) -m pytest -q -m slow
 
 bench: samples
 	@$(PY) benchmarks/bench_speed.py

@@ -14,7 +14,7 @@ from .errors import InfluenceError
 
 MODES = ("last", "exact")
 HVP_METHODS = ("auto", "autodiff", "finite-difference")
-SEED_LIMIT = 2**32  # numpy's RandomState and nnabla's seed take 0 <= seed < 2**32
+SEED_MAX = 2**31 - 1  # nn.seed takes a C int (numpy's RandomState would take 2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,13 @@ class InfluenceArguments:
         for name, value, choices in (("mode", self.mode, MODES), ("hvp", self.hvp, HVP_METHODS)):
             if value not in choices:
                 raise InfluenceError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < SEED_LIMIT:
-            raise InfluenceError(
-                f"seed must be an integer in [0, {SEED_LIMIT - 1}], got {self.seed!r}"
-            )
+        if not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX:
+            raise InfluenceError(f"seed must be in [0, {SEED_MAX}], got {self.seed!r}")
         last = self.seed + self.n_trials - 1
-        if last >= SEED_LIMIT:
+        if last > SEED_MAX:
             raise InfluenceError(
-                f"seed {self.seed} with {self.n_trials} trials needs seeds up to {last}, "
-                f"beyond {SEED_LIMIT - 1}; choose a smaller seed"
+                f"seed {self.seed} with {self.n_trials} trials needs seeds up to {last}, above "
+                f"{SEED_MAX}: use a seed of at most {SEED_MAX - self.n_trials + 1}"
             )
 
     def seed_of(self, trial: int) -> int:

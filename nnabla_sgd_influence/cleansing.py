@@ -23,7 +23,8 @@ import numpy as np
 
 from .csvfile import read_records
 from .errors import InfluenceError
-from .output import atomic_text_file, relative_path
+from .output import relative_path, staged
+from .signals import checkpoints
 
 CONFIDENCE = 0.95
 
@@ -106,8 +107,9 @@ def check_remove_top(remove_top: int, n_rows: int) -> None:
         )
 
 
-def write_cleansed_csv(dataset, removed: Sequence[int], path: Path) -> int:
-    """Write ``dataset``'s CSV without the rows ``removed`` to ``path``; return the rows kept."""
+def write_cleansed_csv(dataset, removed: Sequence[int], path: Path, outputs=None) -> int:
+    """Write ``dataset``'s CSV without the rows ``removed`` to ``path`` (staged in ``outputs``,
+    a :class:`.staging.StagedOutputs`, when given); return how many rows it keeps."""
     path = Path(path)
     form = dataset.csv_format
     header, records = read_records(dataset.path, form)
@@ -115,9 +117,9 @@ def write_cleansed_csv(dataset, removed: Sequence[int], path: Path) -> int:
     gone = set(int(r) for r in removed)
     kept = [i for i in range(len(records)) if i not in gone]
     rewrite = _image_rewriter(dataset, header, path.parent)
-    with atomic_text_file(path, form.encoding) as stream:
+    with staged(outputs) as sink, sink.text(path, form.encoding) as stream:
         stream.write(header + form.newline)
-        for i in kept:
+        for i in checkpoints(kept):
             stream.write((rewrite(i, records[i]) if rewrite else records[i]) + form.newline)
     return len(kept)
 

@@ -9,20 +9,20 @@ Nothing heavy is imported until the arguments are parsed, so ``-h`` stays fast.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
+from . import console, signals
 from .arguments import HVP_METHODS, MODES
 from .compat import import_nnabla
 from .context import CONTEXTS
 from .environment import check_environment
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, one_line
+from .progress import close_open_bars
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
 # Third-party packages the plugins import: a missing one is the user's setup, not our bug.
@@ -65,7 +65,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line, like every other error."""
 
     def error(self, message: str) -> NoReturn:
-        report(f"error: {excerpt(message, 400)} (see --help)")
+        report(f"error: {one_line(message)} (see --help)")
         self.exit(2)
 
 
@@ -224,14 +224,11 @@ def configure_logging(debug: bool) -> None:
 def report(line: str) -> None:
     """Show a run's closing error line: through nnabla's logger, whose output NNC's log pane
     shows (and a log file of nnabla.conf keeps), as exactly ``line`` on stderr."""
+    close_open_bars()
     if any(isinstance(h, _PluginHandler) for h in logging.getLogger().handlers):
         logging.getLogger("nnabla").error(line, extra={"bare": True})
     else:
         print(line, file=sys.stderr)
-
-
-def _raise_interrupt(_signum, _frame) -> NoReturn:
-    raise KeyboardInterrupt
 
 
 def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -241,24 +238,29 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_environment()
     except InfluenceError as error:
-        report(f"error: {excerpt(error, 400)}")
+        report(f"error: {one_line(error)}")
         return 1
     args = build_parser(kind).parse_args(argv)
-    with contextlib.suppress(ValueError):  # ValueError: not the main thread
-        signal.signal(signal.SIGTERM, _raise_interrupt)  # a stopped run cleans up too
     try:
+        signals.checkpoint()
         import_nnabla()  # a numpy that does not fit the installed nnabla, explained
         from .pipeline import run
 
+        signals.checkpoint()  # a signal during the import of nnabla is acted on here
         run(*settings_from_args(kind, args))
     except InfluenceError as error:
         if debug:
             traceback.print_exc()
-        report(f"error: {excerpt(error, 400)}")
+        report(f"error: {one_line(error)}")
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         report("interrupted")
-        return 130
+        return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        report("error: out of memory: the input is too large for this machine")
+        return 1
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in _REQUIREMENTS:
             return _internal_error(error, debug)
@@ -271,9 +273,9 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
         )
         return 1
     except Exception as error:
-        if _caused_by_interrupt(error):
+        if _caused_by_interrupt(error):  # with signals.install() no longer raised in nnabla
             report("interrupted")
-            return 130
+            return signals.INTERRUPTED_EXIT_CODE
         return _internal_error(error, debug)
     return 0
 
@@ -299,7 +301,7 @@ def _internal_error(error: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     report(
-        f"internal error: {type(error).__name__}: {excerpt(error, 400)} "
+        f"internal error: {type(error).__name__}: {one_line(error)} "
         f"(set {DEBUG_VARIABLE}=1 for the traceback)"
     )
     return 2
@@ -313,3 +315,28 @@ def main_image(argv: Optional[List[str]] = None) -> int:
 def main_tabular(argv: Optional[List[str]] = None) -> int:
     """Entry point of the tabular plugin (``plugins/sgd_influence_tabular.py``)."""
     return main("tabular", argv)
+
+
+def run_process(kind: str, argv: Optional[List[str]] = None) -> int:
+    """:func:`main` as the whole life of a process (the plugin scripts, the console scripts).
+
+    Streams and signal handling are set first (the plugin scripts have set them already,
+    before anything slow), and a late signal cannot turn the exit code into a death by signal
+    while the interpreter shuts down. Not for a process that goes on working: tests and
+    notebooks call :func:`main`, which changes nothing process-wide.
+    """
+    console.guard()
+    signals.install()
+    code = main(kind, argv)
+    signals.hold_until_exit()
+    return code
+
+
+def run_image(argv: Optional[List[str]] = None) -> int:
+    """The image plugin as a process (``plugins/sgd_influence.py``)."""
+    return run_process("image", argv)
+
+
+def run_tabular(argv: Optional[List[str]] = None) -> int:
+    """The tabular plugin as a process (``plugins/sgd_influence_tabular.py``)."""
+    return run_process("tabular", argv)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .csvfile import CsvFormat, read_table
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt
 from .images import IMAGE_EXTENSIONS, Locator, decode_images, image_paths, image_shape
 from .model import DataVariable
 
@@ -95,6 +95,10 @@ class Dataset:
         if values[0].size == 1:
             values = values.reshape(len(values))
         return values.astype(np.int64) if self._class_labels else values.copy()
+
+    def image_files(self) -> Dict[str, List[str]]:
+        """Absolute path of each row's image, by image column (every image variable)."""
+        return {self.columns[name][0]: list(paths) for name, paths in self._images.items()}
 
     def label_texts(self) -> List[str]:
         """Each row's label as written in the CSV (its label column), for reports."""
@@ -309,14 +313,14 @@ def _parse_column(column: pd.Series, name: str, where: Locator) -> np.ndarray:
         if finite.all():
             return values
         row = int(np.flatnonzero(~finite)[0])
-        raise InfluenceError(f"{where(row, name)}: '{cells[row]}' is not a finite number")
+        raise InfluenceError(f"{where(row, name)}: '{excerpt(cells[row])}' is not a finite number")
     for row, cell in enumerate(cells):
         if not str(cell).strip():
             raise InfluenceError(f"{where(row, name)}: the cell is empty, a number is expected")
         try:
             float(cell)
         except (ValueError, TypeError):
-            raise InfluenceError(f"{where(row, name)}: '{cell}' is not a number") from None
+            raise InfluenceError(f"{where(row, name)}: '{excerpt(cell)}' is not a number") from None
     raise AssertionError("unreachable: a cell failed to parse as a whole but not alone")
 
 
@@ -339,8 +343,9 @@ def _check_class_labels(
     if bad.any():
         location, cell = _first_bad_cell(bad, table, names, where)
         raise InfluenceError(
-            f"{location}: '{cell}' is not a class index; variable '{variable.variable_name}' "
-            f"has {n_classes} classes, so an integer in [0, {n_classes}) is expected"
+            f"{location}: '{excerpt(cell)}' is not a class index; variable "
+            f"'{variable.variable_name}' has {n_classes} classes, so an integer in "
+            f"[0, {n_classes}) is expected"
         )
 
 
@@ -355,6 +360,6 @@ def _check_binary_targets(
     if bad.any():
         location, cell = _first_bad_cell(bad, table, names, where)
         raise InfluenceError(
-            f"{location}: '{cell}' is outside [0, 1]; variable '{variable.variable_name}' "
+            f"{location}: '{excerpt(cell)}' is outside [0, 1]; variable '{variable.variable_name}' "
             "is a binary target"
         )

@@ -25,6 +25,7 @@ from .progress import SILENT, Progress
 from .query import validation_gradient
 from .results import InfluenceResult
 from .retrace import retrace
+from .signals import checkpoint
 from .training import Step, retrain
 from .workspace import remove_folder, workspace
 
@@ -132,6 +133,7 @@ def run_trials(
         )
         if not keep_temp:
             remove_folder(workdir)  # mode "exact" may have stored much there
+        checkpoint()
         per_trial[index] = result.scores
         trials.append(result)
     result = average_trials(per_trial, trials)

@@ -1,6 +1,16 @@
-"""The one exception type that reaches users as a single clear line, and how to quote in it."""
+"""The one exception type that reaches users as a single line, and how that line quotes data.
 
-EXCERPT_LIMIT = 120  # characters of user data quoted in a message
+A cell, a token of a network definition or a library's message can be megabytes long (a CSV
+cell of 10 MB, an ``.nntxt`` whose one token is a gigabyte of padding); quoting it whole makes
+a "one line" error of that size. :func:`excerpt` shortens one quoted piece of user data where
+it is put into a message; :func:`one_line` is the last guard where the line is printed.
+"""
+
+from __future__ import annotations
+
+EXCERPT_CHARS = 60  # a quoted piece of user data
+LINE_CHARS = 1000  # a whole error line, file paths included
+_ELLIPSIS = "..."
 
 
 class InfluenceError(Exception):
@@ -10,7 +20,35 @@ class InfluenceError(Exception):
     """
 
 
-def excerpt(value: object, limit: int = EXCERPT_LIMIT) -> str:
-    """``value`` as one line of at most ``limit`` characters (longer text is cut with "...")."""
-    text = " ".join(str(value).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _flatten(text: object) -> str:
+    """One line: runs of whitespace (newlines included) and control characters become a space."""
+    cleaned = "".join(c if c.isprintable() else " " for c in str(text))
+    return " ".join(cleaned.split())
+
+
+def excerpt(text: object, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` on one line; beyond ``limit`` characters, its start and its full length.
+
+    >>> excerpt("x" * 100, 10)
+    'xxxxxxxxxx... (100 characters)'
+    """
+    raw = str(text)
+    flat = _flatten(raw)
+    if len(flat) <= limit:
+        return flat
+    return f"{flat[:limit]}{_ELLIPSIS} ({len(raw)} characters)"
+
+
+def one_line(text: object, limit: int = LINE_CHARS) -> str:
+    """``text`` on one line of at most ``limit`` characters.
+
+    A longer line keeps its beginning and its end (where messages say what is wrong) and
+    drops the middle.
+    """
+    flat = _flatten(text)
+    if len(flat) <= limit:
+        return flat
+    marker = f" {_ELLIPSIS} "
+    head = (limit - len(marker)) * 2 // 3
+    tail = limit - len(marker) - head
+    return flat[:head] + marker + flat[len(flat) - tail :]

@@ -7,7 +7,8 @@ Three kinds of graph, each built once per batch size by :class:`GraphCache`:
   identity) for the query gradient and accuracy;
 * :class:`SecondOrderGraph`, the training network with per-row weights ``w`` and the gradient
   ``G = dL/dtheta`` of ``L = sum_i w_i l_i`` kept as a graph, so that one backward pass of
-  ``s = <v, G>`` gives ``sum_i H_i v`` and every ``<v, g_i>`` (see :mod:`.hvp`).
+  ``s = <v, G>`` gives ``sum_i H_i v`` and every ``<v, g_i>`` (see :mod:`.hvp`); layers nnabla
+  cannot differentiate twice are built there as the equivalents of :mod:`.second_order`.
 
 A row's loss ``l_i`` is the mean of each loss variable over its non-batch elements (NNC
 averages a loss variable over all of its elements), summed over the loss variables.
@@ -23,6 +24,7 @@ import numpy as np
 
 from .compat import backward_function_registry, create_function_instance
 from .errors import InfluenceError
+from .second_order import SECOND_ORDER_EQUIVALENTS
 
 if TYPE_CHECKING:
     from .model import Layer, NnpModel
@@ -180,8 +182,8 @@ def build_network(
                     f"{model.path}: layer '{function.name}' reads '{input_name}', which is "
                     "neither a data variable, a parameter nor an earlier layer's output"
                 )
-        if second_order and function.type in _SECOND_ORDER_EQUIVALENTS:
-            outputs = (_SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
+        if second_order and function.type in SECOND_ORDER_EQUIVALENTS:
+            outputs = (SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
         else:
             outputs = _call_function(function, args, batch_size, network.batch_size, training)
         for output_name, output in zip(function.output, outputs):
@@ -205,30 +207,6 @@ def _per_sample_loss(model: NnpModel, variables: Dict[str, object], network: str
     for extra in losses[1:]:
         per_sample = per_sample + extra
     return per_sample
-
-
-def _depthwise_as_grouped_convolution(function, args: Sequence):
-    """DepthwiseConvolution is a Convolution with one group per input channel."""
-    import nnabla.functions as F
-
-    param = function.depthwise_convolution_param
-    x, weight = args[0], args[1]
-    bias = args[2] if len(args) > 2 else None
-    channels = x.shape[param.base_axis]
-    kernel = (weight.shape[0], 1) + tuple(weight.shape[1:])
-    return F.convolution(
-        x,
-        F.reshape(weight, kernel),
-        bias,
-        base_axis=param.base_axis,
-        pad=tuple(param.pad.dim) or None,
-        stride=tuple(param.stride.dim) or None,
-        dilation=tuple(param.dilation.dim) or None,
-        group=channels,
-    )
-
-
-_SECOND_ORDER_EQUIVALENTS = {"DepthwiseConvolution": _depthwise_as_grouped_convolution}
 
 
 def _call_function(function, args: Sequence, batch_size: int, file_batch: int, training: bool):
@@ -279,7 +257,7 @@ def layers_without_second_order(model: NnpModel) -> List[Layer]:
         return []
     missing = []
     for layer in model.layers:
-        if layer.type in _SECOND_ORDER_EQUIVALENTS:
+        if layer.type in SECOND_ORDER_EQUIVALENTS:
             continue
         backward = registry.get(layer.type)
         if backward is None:

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .compat import bilinear_resample, sixteen_bit_png
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt
+from .limits import check_memory
 from .model import DataVariable
+from .signals import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) ->
         resolved = _resolve(text, folder)
         if not os.path.isfile(resolved):
             raise InfluenceError(
-                f"{where(row, name)}: image file not found: {resolved} "
+                f"{where(row, name)}: image file not found: {excerpt(resolved, 300)} "
                 f"(relative paths are taken from the CSV's folder {folder})"
             )
         paths.append(resolved)
@@ -97,6 +99,11 @@ def decode_images(
     """Decode every image once into a uint8 array of shape ``(N, *variable.shape)``."""
     from tqdm import tqdm
 
+    row_bytes = float(np.prod(variable.shape, dtype=np.float64))
+    check_memory(
+        row_bytes * len(paths),
+        f"{role}: the image cache of {len(paths)} images of shape {tuple(variable.shape)}",
+    )
     cache = np.empty((len(paths),) + tuple(variable.shape), dtype=np.uint8)
     resized: List[Tuple[int, str, Tuple[int, int]]] = []
     progress = tqdm(
@@ -105,7 +112,7 @@ def decode_images(
         unit="image",
         disable=True if len(paths) <= PROGRESS_BAR_MIN_IMAGES else None,
     )
-    for row, path in enumerate(progress):
+    for row, path in enumerate(checkpoints(progress)):
         image = _open_image(path, where(row, column))
         if image.size != (shape.width, shape.height):
             resized.append((row, path, image.size))

@@ -10,16 +10,15 @@ Building nnabla graphs from it is :mod:`.graphs`' job.
 from __future__ import annotations
 
 import fnmatch
-import io
 import logging
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .compat import skip_missing_extension_lookup, unknown_field_hint
+from .archive import PARAMETERS, NnpArchive, check_variable_shapes, member_kind, parameters_of
+from .compat import skip_missing_extension_lookup
 from .errors import InfluenceError
 from .solvers import SolverSpec, read_solver_spec
 
@@ -90,12 +89,9 @@ def load_model(path: Union[str, Path]) -> NnpModel:
     path = Path(path)
     if not path.is_file():
         raise InfluenceError(f"model file not found: {path}")
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise InfluenceError(f"{path} is not a .nnp file (not a zip archive: {error})") from None
-    with archive:
-        proto = _read_network_definition(archive, path)
+    with NnpArchive(path) as archive:  # every member's size is checked before it is read
+        proto = archive.network_definition()
+        check_variable_shapes(proto, path)
         parameters = _read_parameters(archive, proto, path)
         optimizer = _the_optimizer(proto, path)
         state = _read_solver_state(archive, optimizer.name, path)
@@ -146,97 +142,40 @@ def load_model(path: Union[str, Path]) -> NnpModel:
     )
 
 
-def _read_network_definition(archive: zipfile.ZipFile, path: Path):
-    from google.protobuf import text_format
-    from nnabla.utils import nnabla_pb2
-
-    proto = nnabla_pb2.NNablaProtoBuf()
-    names = archive.namelist()
-    texts = [n for n in names if n.endswith((".nntxt", ".prototxt"))]
-    binaries = [n for n in names if n.endswith(".protobuf") and "parameter" not in n]
-    if not texts and not binaries:
-        raise InfluenceError(f"{path} is not a .nnp file: it holds no network definition")
-    try:
-        for name in texts:
-            text_format.Merge(archive.read(name).decode("utf-8"), proto)
-        for name in binaries:
-            part = nnabla_pb2.NNablaProtoBuf()
-            part.ParseFromString(archive.read(name))
-            proto.MergeFrom(part)
-    except Exception as error:  # protobuf raises several unrelated types
-        reason = f"{error}{unknown_field_hint(error)}"
-        raise InfluenceError(f"{path}: cannot read the network definition ({reason})") from None
-    return proto
-
-
-def _read_parameters(archive: zipfile.ZipFile, proto, path: Path) -> Dict[str, np.ndarray]:
-    import h5py
-
-    parameters: Dict[str, np.ndarray] = {}
-    for entry in proto.parameter:  # parameters stored inside the network definition
-        parameters[entry.variable_name] = np.asarray(entry.data, dtype=np.float32).reshape(
-            tuple(entry.shape.dim)
-        )
-    for name in archive.namelist():
-        if name.endswith(".h5") and "parameter" in name:
-            with h5py.File(io.BytesIO(archive.read(name)), "r") as h5:
-                ordered = _h5_datasets(h5)
-                for _, key, value in sorted(ordered, key=lambda item: item[0]):
-                    parameters[key] = np.asarray(value, dtype=np.float32)
-        elif name.endswith(".protobuf") and "parameter" in name:
-            from nnabla.utils import nnabla_pb2
-
-            part = nnabla_pb2.NNablaProtoBuf()
-            part.ParseFromString(archive.read(name))
-            for entry in part.parameter:
-                parameters[entry.variable_name] = np.asarray(entry.data, dtype=np.float32).reshape(
-                    tuple(entry.shape.dim)
-                )
+def _read_parameters(archive: NnpArchive, proto, path: Path) -> Dict[str, np.ndarray]:
+    parameters: Dict[str, np.ndarray] = dict(parameters_of(proto, path))  # in the definition
+    for name in archive.names():
+        if member_kind(name) != PARAMETERS:
+            continue
+        if name.endswith(".h5"):
+            for _, key, value in sorted(archive.read_h5(name), key=lambda item: item[0]):
+                parameters[key] = np.asarray(value, dtype=np.float32)
+        else:
+            parameters.update(archive.parameter_protobuf(name))
     if not parameters:
         raise InfluenceError(f"{path} holds no trained parameters (no parameter.h5)")
     return parameters
 
 
-def _h5_datasets(h5) -> List[Tuple[int, str, np.ndarray]]:
-    """(stored index, name, value) of every dataset in an nnabla parameter file."""
-    import h5py
-
-    found: List[Tuple[int, str, np.ndarray]] = []
-
-    def visit(key: str, obj) -> None:
-        if isinstance(obj, h5py.Dataset):
-            found.append((int(obj.attrs.get("index", 0)), key, obj[()]))
-
-    h5.visititems(visit)
-    return found
-
-
 def _read_solver_state(
-    archive: zipfile.ZipFile, optimizer_name: str, path: Path
+    archive: NnpArchive, optimizer_name: str, path: Path
 ) -> Dict[str, Dict[str, np.ndarray]]:
-    """Solver state NNC saves beside the parameters (``Optimizer_Adam_optimizer.h5.optimizer``)."""
-    import h5py
+    """Solver state NNC saves beside the parameters (``Optimizer_Adam_optimizer.h5.optimizer``).
 
+    A damaged state member is an error naming it, as for any other member: retraining
+    without it would silently change the scores.
+    """
     candidates = [
         n
-        for n in archive.namelist()
+        for n in archive.names()
         if n.endswith(".optimizer") and Path(n).name.startswith(optimizer_name + "_")
     ]
     if not candidates:
         return {}
     state: Dict[str, Dict[str, np.ndarray]] = {}
-    try:
-        with h5py.File(io.BytesIO(archive.read(candidates[0])), "r") as h5:
-
-            def visit(key: str, obj) -> None:
-                if isinstance(obj, h5py.Dataset):
-                    parameter, _, state_name = key.rpartition("/")
-                    state.setdefault(parameter, {})[state_name] = np.asarray(obj[()])
-
-            h5.visititems(visit)
-    except OSError as error:
-        log.warning("%s: ignoring unreadable solver state %s (%s)", path, candidates[0], error)
-        return {}
+    for _, key, value in archive.read_h5(candidates[0]):
+        parameter, _, state_name = key.rpartition("/")
+        state.setdefault(parameter, {})[state_name] = value
     return state
 
 

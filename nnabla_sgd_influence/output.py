@@ -1,23 +1,27 @@
-"""Stage 6: write the ranked rows as a CSV that NNC can open, atomically.
+"""Stage 6: write the ranked rows as a CSV that NNC can open, whole or not at all.
 
-The file is written to a temporary name in the destination folder and renamed over the
-destination only when complete, so a reader never sees half a file and a failed run leaves
-no file at all. Ranked CSVs are written in the training CSV's encoding (UTF-8, UTF-8 with a
-byte-order mark, or cp932), so that whatever read the input reads the output.
+Every file goes through :mod:`.staging`: written beside its destination and renamed into place
+with the run's other outputs once all are complete. Ranked CSVs are written in the training
+CSV's encoding (UTF-8, UTF-8 with a byte-order mark, or cp932), so that whatever read the
+input reads the output.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
-import tempfile
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Optional, Sequence, TextIO
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from .results import ranking
+from .signals import checkpoints
+from .staging import StagedOutputs, staged_outputs
+
+log = logging.getLogger(__name__)
 
 IMAGE_HEADER = ["x:image", "y:label", "influence", "datasource_index"]
 TABULAR_HEADER = ["index", "influence", "datasource_index"]
@@ -47,6 +51,7 @@ def write_image_csv(
     scores: np.ndarray,
     encoding: str = "utf-8",
     spread: Optional[np.ndarray] = None,
+    outputs: Optional[StagedOutputs] = None,
 ) -> None:
     """Write ``x:image, y:label, influence, datasource_index`` (then ``influence_std`` when
     ``spread`` is given), most harmful row first.
@@ -66,7 +71,7 @@ def write_image_csv(
         ]
         for i in ranking(scores)
     )
-    _write_rows(path, IMAGE_HEADER + _spread_header(spread), rows, encoding)
+    _write_rows(path, IMAGE_HEADER + _spread_header(spread), rows, encoding, outputs)
 
 
 def write_tabular_csv(
@@ -76,6 +81,7 @@ def write_tabular_csv(
     scores: np.ndarray,
     encoding: str = "utf-8",
     spread: Optional[np.ndarray] = None,
+    outputs: Optional[StagedOutputs] = None,
 ) -> None:
     """Write ``index, influence, datasource_index`` (then ``influence_std`` when ``spread`` is
     given) and then the row's own columns."""
@@ -91,7 +97,7 @@ def write_tabular_csv(
         for i in ranking(scores)
     )
     header = TABULAR_HEADER + _spread_header(spread) + [str(c) for c in columns]
-    _write_rows(Path(path), header, rows, encoding)
+    _write_rows(Path(path), header, rows, encoding, outputs)
 
 
 def _spread_header(spread: Optional[np.ndarray]) -> List[str]:
@@ -102,7 +108,9 @@ def _spread_cell(spread: Optional[np.ndarray], row: int) -> List[str]:
     return [] if spread is None else [format_float(spread[row])]
 
 
-def write_step_log(path: Path, steps: Sequence[object]) -> None:
+def write_step_log(
+    path: Path, steps: Sequence[object], outputs: Optional[StagedOutputs] = None
+) -> None:
     """Write one line per training step: its epoch, step, iteration, learning rate and rows."""
     rows = (
         [
@@ -114,7 +122,7 @@ def write_step_log(path: Path, steps: Sequence[object]) -> None:
         ]
         for step in steps
     )
-    _write_rows(Path(path), STEP_LOG_HEADER, rows)
+    _write_rows(Path(path), STEP_LOG_HEADER, rows, outputs=outputs)
 
 
 def _check_lengths(scores: np.ndarray, **lengths: int) -> None:
@@ -124,60 +132,42 @@ def _check_lengths(scores: np.ndarray, **lengths: int) -> None:
 
 
 def _write_rows(
-    path: Path, header: List[str], rows: Iterator[List[str]], encoding: str = "utf-8"
+    path: Path,
+    header: List[str],
+    rows: Iterator[List[str]],
+    encoding: str = "utf-8",
+    outputs: Optional[StagedOutputs] = None,
 ) -> None:
-    with atomic_text_file(path, encoding) as stream:
-        writer = csv.writer(stream, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
+    """Stage the CSV in ``outputs`` (committed by the caller with the run's other files), or,
+    without ``outputs``, write it whole on its own. An ``encoding`` that cannot hold every
+    cell (cp932 and a path the file system gave in another script) falls back to UTF-8 with a
+    byte-order mark, with a warning."""
+    rows = [header, *checkpoints(rows)]
+    encoding = _encoding_for(rows, encoding, path)
+    with staged(outputs) as sink, sink.text(path, encoding) as stream:
+        csv.writer(stream, lineterminator="\n").writerows(rows)
+
+
+def _encoding_for(rows: List[List[str]], encoding: str, path: Path) -> str:
+    try:
+        for row in rows:
+            ",".join(row).encode(encoding)
+    except UnicodeEncodeError as error:
+        log.warning(
+            "%s: %s cannot hold '%s'; written as UTF-8 with a byte-order mark",
+            path,
+            encoding,
+            error.object[error.start : error.end],
+        )
+        return "utf-8-sig"
+    return encoding
 
 
 @contextmanager
-def atomic_text_file(path: Path, encoding: str = "utf-8") -> Iterator[TextIO]:
-    """Open a temporary file beside ``path``; on success rename it to ``path``, else delete it."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    done = False
-    try:
-        with os.fdopen(handle, "w", encoding=encoding, newline="") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-        done = True
-    finally:
-        if not done:
-            _unlink_quietly(temporary)
-
-
-@contextmanager
-def atomic_binary_file(path: Path) -> Iterator[BinaryIO]:
-    """As :func:`atomic_text_file`, for bytes."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    done = False
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            yield stream
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-        done = True
-    finally:
-        if not done:
-            _unlink_quietly(temporary)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _unlink_quietly(path: Optional[str]) -> None:
-    if path is None:
-        return
-    with suppress(OSError):
-        os.unlink(path)
+def staged(outputs: Optional[StagedOutputs]) -> Iterator[StagedOutputs]:
+    """``outputs`` itself, or a set of outputs of its own, committed when the block ends."""
+    if outputs is not None:
+        yield outputs
+    else:
+        with staged_outputs() as own:
+            yield own

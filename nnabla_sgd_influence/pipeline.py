@@ -1,7 +1,10 @@
-"""One run of a plugin: check the inputs, score every training row, write the CSV.
+"""One run of a plugin: check the inputs, score every training row, write the outputs.
 
 Everything that can be checked is checked before training starts, so that a bad file or
-argument costs seconds, not a retraining. The scoring itself is :func:`.api.compute_influence`.
+argument costs seconds, not a retraining: the settings and every output path first, then the
+model and both datasets, then the outputs again against every image the datasets name. The
+scoring itself is :func:`.api.compute_influence`. All outputs (the ranking, the step log, the
+cleansed CSV, the tile) are staged and renamed into place together, or not at all.
 """
 
 from __future__ import annotations
@@ -12,23 +15,24 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-import nnabla
-
+from . import signals
 from .api import compute_influence
 from .arguments import InfluenceArguments
 from .cleansing import Counts, check_remove_top, cleansed_path
 from .compat import warn_if_untested_nnabla
-from .context import resolve_context
+from .context import NNTXT_NAME, resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
 from .errors import InfluenceError
 from .graphs import RANDOM_LAYERS
 from .model import NnpModel, load_model
 from .output import write_image_csv, write_step_log, write_tabular_csv
+from .paths import check_outputs, check_temporary_parent, image_inputs, rebase_image_cells
 from .progress import BarProgress, Progress
 from .results import InfluenceResult
+from .staging import StagedOutputs, staged_outputs
 from .tile import tile_path
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
 SUMMARY_TOP = 10  # rows looked at in the summary's count, without --remove_top
+Labelled = List[Tuple[str, Path]]  # (what a file is, its path), for messages
 
 
 @dataclass
@@ -57,15 +62,15 @@ class RunSettings:
     tile: int = 0  # > 0: also draw that many of the most harmful images (image plugin)
     tile_helpful: bool = False  # ... and as many of the most helpful
 
-    def written_paths(self) -> List[Path]:
-        """Every file the run writes (each checked against the inputs before any work)."""
-        paths = [Path(self.output)]
+    def outputs(self) -> Labelled:
+        """Every file the run writes, each checked against what it reads before any work."""
+        paths = [("output", Path(self.output))]
         if self.step_log:
-            paths.append(step_log_path(self.output))
+            paths.append(("step log", step_log_path(self.output)))
         if self.remove_top:
-            paths.append(cleansed_path(self.output))
+            paths.append(("cleansed CSV", cleansed_path(self.output)))
         if self.tile:
-            paths.append(tile_path(self.output))
+            paths.append(("tile", tile_path(self.output)))
         return paths
 
 
@@ -84,34 +89,12 @@ class Summary:
 def run(
     settings: RunSettings, arguments: InfluenceArguments, progress: Optional[Progress] = None
 ) -> Summary:
-    """Score every row of ``settings.input_train`` and write the ranked CSV (bars by default)."""
+    """Score every row of ``settings.input_train`` and write the outputs (bars by default)."""
     start = time.perf_counter()
     check_settings(settings)
     warn_if_untested_nnabla(log)
     resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
-    model = load_model(settings.model)
-    check_layers(model, settings.kind)
-    train = load_dataset(
-        settings.input_train,
-        model.data_variables,
-        model.normalize_images,
-        role="input-train",
-        encoding=settings.encoding,
-    )
-    val = load_dataset(
-        settings.input_val,
-        model.data_variables,
-        model.normalize_images,
-        role="input-val",
-        encoding=settings.encoding,
-    )
-    if settings.kind == "image" and train.image_variable is None:
-        raise InfluenceError(
-            f"{settings.input_train} has no image column: use the tabular plugin for "
-            "tabular datasets"
-        )
-    if settings.remove_top:
-        check_remove_top(settings.remove_top, len(train))
+    model, train, val = load_inputs(settings)
     log.info(
         "scoring %d training rows against %d validation rows, %d trial(s), batch size %d",
         len(train),
@@ -132,13 +115,9 @@ def run(
     )
     written = write_outputs(settings, train, result)
     counts = result.counts(settings.remove_top or SUMMARY_TOP)
+    seconds = time.perf_counter() - start
     summary = Summary(
-        len(train),
-        time.perf_counter() - start,
-        Path(settings.output),
-        result.hvp_method,
-        counts,
-        written,
+        len(train), seconds, Path(settings.output), result.hvp_method, counts, written
     )
     log.info(
         "scored %d rows in %.1f s (Hessian-vector products: %s); ranking written to %s",
@@ -148,55 +127,55 @@ def run(
         os.path.abspath(summary.output),
     )
     log.info("%s", counts.describe(result.n_trials))
+    import nnabla  # a signal from here on is ignored: the outputs are in place
+
     nnabla.logger.log(99, COMPLETION_MESSAGE)
     return summary
 
 
-def write_outputs(settings: RunSettings, train: Dataset, result: InfluenceResult) -> List[Path]:
-    """The ranking, then what the options ask for (step log, cleansed CSV, tile)."""
-    written = [Path(settings.output)]
-    write_ranking(settings, train, result)
-    if settings.step_log:
-        written.append(step_log_path(settings.output))
-        write_step_log(written[-1], result.steps)
-    if settings.remove_top:
-        written.append(cleansed_path(settings.output))
-        kept = result.write_cleansed_csv(written[-1], settings.remove_top)
-        log.info(
-            "training CSV without its %d most harmful rows (%d rows kept) written to %s",
-            settings.remove_top,
-            kept,
-            os.path.abspath(written[-1]),
+def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
+    """The model and both datasets, checked; then the outputs against every image they name."""
+    model = load_model(settings.model)
+    signals.checkpoint()
+    check_layers(model, settings.kind)
+    datasets = []
+    for role, path in (("input-train", settings.input_train), ("input-val", settings.input_val)):
+        datasets.append(
+            load_dataset(
+                path, model.data_variables, model.normalize_images, role, settings.encoding
+            )
         )
-    if settings.tile:
-        written.append(tile_path(settings.output))
-        result.write_tile(written[-1], settings.tile, helpful=settings.tile_helpful)
-        log.info("tile of the %d most harmful images written to %s", settings.tile, written[-1])
-    return written
+        signals.checkpoint()
+    train, val = datasets
+    if settings.kind == "image" and train.image_variable is None:
+        raise InfluenceError(
+            f"{settings.input_train} has no image column: use the tabular plugin for "
+            "tabular datasets"
+        )
+    if settings.remove_top:
+        check_remove_top(settings.remove_top, len(train))
+    check_outputs(settings.outputs(), files_read(settings, train, val))
+    return model, train, val
 
 
 def check_settings(settings: RunSettings) -> None:
     """Refuse unknown choices and unusable paths before any work."""
     if settings.kind not in KINDS:
         raise InfluenceError(f"kind must be one of {', '.join(KINDS)}, got {settings.kind!r}")
-    for label, path in (
-        ("model", settings.model),
-        ("input-train", settings.input_train),
-        ("input-val", settings.input_val),
-    ):
-        if not Path(path).is_file():
-            raise InfluenceError(f"{label} file not found: {path}")
-    check_output_path(settings)
-    if settings.temp_dir is not None and not Path(settings.temp_dir).is_dir():
-        raise InfluenceError(f"temporary folder parent not found: {settings.temp_dir}")
-    if settings.encoding is not None:
-        check_encoding(settings.encoding)
     for name in ("remove_top", "tile"):
         value = getattr(settings, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InfluenceError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
     if settings.tile and settings.kind != "image":
         raise InfluenceError("tile draws images: it is for the image plugin")
+    for label, path in files_read(settings)[:3]:
+        if not Path(path).is_file():
+            raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {path}")
+    check_outputs(settings.outputs(), files_read(settings))
+    if settings.temp_dir is not None:
+        check_temporary_parent(settings.temp_dir)
+    if settings.encoding is not None:
+        check_encoding(settings.encoding)
     if _same_file(settings.input_train, settings.input_val):
         log.warning(
             "input-train and input-val are the same file (%s): scores then measure how rows "
@@ -205,24 +184,21 @@ def check_settings(settings: RunSettings) -> None:
         )
 
 
-def check_output_path(settings: RunSettings) -> None:
-    """Every output must go to an existing, writable folder and never over an input."""
-    output = Path(settings.output)
-    folder = output.parent
-    if output.is_dir():
-        raise InfluenceError(f"output {output} is a folder; give a CSV file name")
-    if not folder.is_dir():
-        raise InfluenceError(f"output folder not found: {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InfluenceError(f"output folder is not writable: {folder}")
-    for written in settings.written_paths():
-        for label, path in (
-            ("model", settings.model),
-            ("input-train", settings.input_train),
-            ("input-val", settings.input_val),
-        ):
-            if _same_file(written, path):
-                raise InfluenceError(f"output {written} is the {label} file; choose another name")
+def files_read(settings: RunSettings, *datasets: Dataset) -> Labelled:
+    """Every file the run reads: the model, both CSVs, the images of ``datasets``, and the
+    ``net.nntxt`` of the working folder (read for the context)."""
+    files = [
+        ("the model file", Path(settings.model)),
+        ("the input-train file", Path(settings.input_train)),
+        ("the input-val file", Path(settings.input_val)),
+    ]
+    nntxt = Path.cwd() / NNTXT_NAME
+    if settings.context is None and nntxt.is_file():
+        files.append((f"the {NNTXT_NAME} read for the context", nntxt))
+    for role, dataset in zip(("input-train", "input-val"), datasets):
+        for paths in dataset.image_files().values():
+            files.extend(image_inputs(role, paths))
+    return files
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -266,39 +242,52 @@ def temp_parent(settings: RunSettings) -> Path:
     return Path(os.path.abspath(settings.output)).parent
 
 
-def write_ranking(settings: RunSettings, train: Dataset, result: InfluenceResult) -> None:
-    """Write the ranked rows in the plugin's format (see the README, Output), in the training
-    CSV's encoding; UTF-8 with a byte-order mark where that encoding cannot hold a path."""
-    encoding = train.csv_format.encoding
-    try:
-        _write_ranked(settings, train, result, encoding)
-    except UnicodeEncodeError as error:
-        log.warning(
-            "%s cannot hold '%s'; the output is written as UTF-8 (with a byte-order mark)",
-            encoding,
-            error.object[error.start : error.end],
+def write_outputs(settings: RunSettings, train: Dataset, result: InfluenceResult) -> List[Path]:
+    """The ranking and what the options ask for (step log, cleansed CSV, tile), renamed into
+    place together once all are complete."""
+    written = [path for _, path in settings.outputs()]
+    with staged_outputs() as outputs:
+        write_ranking(settings, train, result, outputs)
+        if settings.step_log:
+            write_step_log(step_log_path(settings.output), result.steps, outputs)
+        if settings.remove_top:
+            kept = result.write_cleansed_csv(
+                cleansed_path(settings.output), settings.remove_top, outputs
+            )
+        if settings.tile:
+            result.write_tile(
+                tile_path(settings.output), settings.tile, settings.tile_helpful, outputs
+            )
+    if settings.remove_top:
+        log.info(
+            "training CSV without its %d most harmful rows (%d rows kept) written to %s",
+            settings.remove_top,
+            kept,
+            os.path.abspath(cleansed_path(settings.output)),
         )
-        _write_ranked(settings, train, result, "utf-8-sig")
+    if settings.tile:
+        log.info("tile of the most harmful images written to %s", tile_path(settings.output))
+    return written
 
 
-def _write_ranked(
-    settings: RunSettings, train: Dataset, result: InfluenceResult, encoding: str
+def write_ranking(
+    settings: RunSettings, train: Dataset, result: InfluenceResult, outputs: StagedOutputs
 ) -> None:
+    """The ranked rows in the plugin's format (see the README, Output), in the training CSV's
+    encoding. Image paths resolve from the output's folder in both formats."""
+    encoding = train.csv_format.encoding
     spread = result.influence_std
     if settings.kind == "image":
-        write_image_csv(
-            settings.output,
-            train.image_paths(),
-            train.label_texts(),
-            result.scores,
-            encoding,
-            spread,
-        )
-    else:
-        table = train.table
-        rows = table.astype(str).values.tolist()
-        columns = list(table.columns)
-        write_tabular_csv(settings.output, columns, rows, result.scores, encoding, spread)
+        paths, labels = train.image_paths(), train.label_texts()
+        write_image_csv(settings.output, paths, labels, result.scores, encoding, spread, outputs)
+        return
+    table = train.table
+    columns = list(table.columns)
+    rows = table.astype(str).values.tolist()
+    images = train.image_files()
+    if images:
+        rows = rebase_image_cells(columns, rows, images, settings.output)
+    write_tabular_csv(settings.output, columns, rows, result.scores, encoding, spread, outputs)
 
 
 def step_log_path(output: Path) -> Path:

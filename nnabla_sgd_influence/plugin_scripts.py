@@ -45,6 +45,10 @@ def _find_package():
 if __name__ == "__main__":
     _find_package()
     try:
+        from nnabla_sgd_influence import console, signals
+
+        console.guard()  # a closed or failing stderr can never stop the run
+        signals.install()  # from here on Ctrl-C, SIGTERM and SIGHUP stop it at a safe point
         from nnabla_sgd_influence.cli import {entry}
     except Exception as error:  # no f-string: any Python 3 must get this far
         sys.stderr.write(
@@ -61,5 +65,5 @@ def script_text(kind: str) -> str:
     return _TEMPLATE.format(
         summary=_SUMMARIES[kind],
         checkout=CHECKOUT_NAMES[kind],
-        entry="main_image" if kind == "image" else "main_tabular",
+        entry="run_image" if kind == "image" else "run_tabular",
     )

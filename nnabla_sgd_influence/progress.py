@@ -9,9 +9,11 @@ notebooks and other front ends).
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Iterator, Sequence, TypeVar
 
 Item = TypeVar("Item")
+_OPEN_BARS: weakref.WeakSet = weakref.WeakSet()  # bars of loops that have not ended yet
 
 
 class Progress:
@@ -35,7 +37,9 @@ class BarProgress(Progress):
     def track(self, items: Sequence[Item], phase: str) -> Iterator[Item]:
         from tqdm import tqdm
 
-        return iter(tqdm(items, desc=f"{self.caption} {phase}".strip(), leave=False))
+        bar = tqdm(items, desc=f"{self.caption} {phase}".strip(), leave=False)
+        _OPEN_BARS.add(bar)
+        return iter(bar)
 
     def for_trial(self, index: int, n_trials: int) -> Progress:
         return BarProgress(f"trial {index + 1}/{n_trials}")
@@ -60,6 +64,13 @@ class CallbackProgress(Progress):
 
 
 SILENT = Progress()
+
+
+def close_open_bars() -> None:
+    """Clear the bars of loops an error left, so that the error line starts a line of its own."""
+    for bar in list(_OPEN_BARS):
+        bar.close()
+    _OPEN_BARS.clear()
 
 
 def as_progress(progress: bool | Progress | Callable[[str, int, int], None] | None) -> Progress:

@@ -8,6 +8,7 @@ import numpy as np
 
 from .graphs import GraphCache
 from .progress import SILENT, Progress
+from .signals import checkpoints
 
 
 def validation_gradient(
@@ -22,7 +23,7 @@ def validation_gradient(
     n_rows = len(val)
     total_loss = 0.0
     starts = range(0, n_rows, batch_size)
-    for start in progress.track(starts, "validation gradient"):
+    for start in checkpoints(progress.track(starts, "validation gradient")):
         rows = np.arange(start, min(start + batch_size, n_rows))
         graph = graphs.loss(len(rows), training=False)
         graph.feed(val.batch(rows))

@@ -57,15 +57,19 @@ class InfluenceResult:
 
         return count_rows(self.scores, self.per_trial, self.ranking(), k)
 
-    def write_cleansed_csv(self, path: Union[str, Path], remove_top: int) -> int:
+    def write_cleansed_csv(self, path: Union[str, Path], remove_top: int, outputs=None) -> int:
         """Write the training CSV without its ``remove_top`` most harmful rows (its own header,
-        encoding and line ends); return how many rows it keeps."""
+        encoding and line ends); return how many rows it keeps. ``outputs`` (a
+        :class:`.staging.StagedOutputs`) stages it with other files; else it is written now."""
         from .cleansing import check_remove_top, write_cleansed_csv
 
         check_remove_top(remove_top, len(self.scores))
-        return write_cleansed_csv(self._training_csv(), self.harmful(remove_top), Path(path))
+        dataset = self._training_csv()
+        return write_cleansed_csv(dataset, self.harmful(remove_top), Path(path), outputs)
 
-    def write_tile(self, path: Union[str, Path], k: int, helpful: bool = False) -> None:
+    def write_tile(
+        self, path: Union[str, Path], k: int, helpful: bool = False, outputs=None
+    ) -> None:
         """A PNG of the ``k`` most harmful training images (and the ``k`` most helpful)."""
         from .tile import sections_for, write_tile
 
@@ -74,7 +78,7 @@ class InfluenceResult:
             raise ValueError("the tile is for image datasets; this one has no image column")
         sections = sections_for(dataset, self.scores, self.ranking(), k, helpful)
         title = f"{Path(dataset.path).name}: SGD-Influence over {self.n_trials} trial(s)"
-        write_tile(Path(path), title, sections)
+        write_tile(Path(path), title, sections, outputs)
 
     def _training_csv(self):
         if self.dataset is None or not hasattr(self.dataset, "csv_format"):

@@ -28,6 +28,7 @@ import numpy as np
 
 from .parameters import ParameterSet
 from .progress import SILENT, Progress
+from .signals import checkpoints
 from .solvers import SolverSpec, StepUpdate, linearize
 from .training import TrainingRun, snapshots_in_reverse
 
@@ -67,7 +68,7 @@ def retrace(
     snapshots = snapshots_in_reverse(run) if run.mode == "exact" else None
     with params.preserved():
         params.set_trainable(run.final_theta)
-        for step in progress.track(run.steps[::-1], "retrace"):
+        for step in checkpoints(progress.track(run.steps[::-1], "retrace")):
             state = run.final_state
             if snapshots is not None:
                 theta_t, state = next(snapshots)

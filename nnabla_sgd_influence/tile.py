@@ -13,7 +13,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .output import atomic_binary_file
+from .output import staged
 
 MIN_CELL = 84  # pixels of the shorter side of each image, at least
 MAX_CELL = 160
@@ -104,8 +104,8 @@ def _to_picture(pixels: np.ndarray):
     return Image.fromarray(pixels, mode=mode).convert("RGB")
 
 
-def write_tile(path: Path, title: str, sections: Sequence[Section]) -> None:
-    """Draw the tile and write it to ``path`` as a PNG, whole or not at all."""
+def write_tile(path: Path, title: str, sections: Sequence[Section], outputs=None) -> None:
+    """Draw the tile and write it to ``path`` as a PNG (staged in ``outputs`` when given)."""
     image = draw_tile(title, sections)
-    with atomic_binary_file(path) as stream:
+    with staged(outputs) as sink, sink.binary(path) as stream:
         image.save(stream, format="PNG")

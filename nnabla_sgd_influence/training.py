@@ -22,6 +22,7 @@ import numpy as np
 
 from .graphs import GraphCache
 from .progress import SILENT, Progress
+from .signals import checkpoints
 from .solvers import (
     SolverSpec,
     SolverState,
@@ -32,6 +33,7 @@ from .solvers import (
     solver_arrays,
     solver_step_count,
 )
+from .staging import save_array
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ def retrain(
 
     steps: List[Step] = []
     plan = batch_order(len(train), batch_size, seed, epochs)
-    for index, (epoch, rows) in enumerate(progress.track(plan, "retraining")):
+    for index, (epoch, rows) in enumerate(checkpoints(progress.track(plan, "retraining"))):
         theta_before = params.trainable_arrays() if snapshots else None
         iteration = spec.start_iteration + index
         learning_rate = schedule(iteration)
@@ -171,8 +173,7 @@ class _SnapshotWriter:
         parts = [a.ravel() for a in theta]
         parts += [a.ravel() for key in sorted(state) for a in state[key]]
         path = self.folder / f"{self.count:07d}.npy"
-        np.save(path, np.concatenate(parts).astype(np.float32))
-        self.bytes_written += path.stat().st_size
+        self.bytes_written += save_array(path, np.concatenate(parts).astype(np.float32))
         self.count += 1
 
 

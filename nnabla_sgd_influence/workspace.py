@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from . import signals
 from .errors import InfluenceError
+from .oserrors import os_error_line
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ def workspace(parent: Optional[Path] = None, keep: bool = False) -> Iterator[Pat
         folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=None if parent is None else parent))
     except OSError as error:
         where = parent if parent is not None else tempfile.gettempdir()
-        raise InfluenceError(f"cannot create a temporary folder in {where}: {error}") from None
+        raise InfluenceError(
+            os_error_line(error, where, "create a temporary folder in", "see --temp-dir")
+        ) from None
     log.debug("temporary folder: %s", folder)
     try:
         yield folder
@@ -51,4 +55,5 @@ def remove_folder(folder: Path) -> None:
     def report(_function, path, _excinfo) -> None:
         log.warning("could not remove temporary file %s", path)
 
-    shutil.rmtree(folder, onerror=report)
+    with signals.deferred():  # a second Ctrl-C cannot cut the removal short
+        shutil.rmtree(folder, onerror=report)

@@ -21,11 +21,15 @@ def _find_package():
 if __name__ == "__main__":
     _find_package()
     try:
-        from nnabla_sgd_influence.cli import main_image
+        from nnabla_sgd_influence import console, signals
+
+        console.guard()  # a closed or failing stderr can never stop the run
+        signals.install()  # from here on Ctrl-C, SIGTERM and SIGHUP stop it at a safe point
+        from nnabla_sgd_influence.cli import run_image
     except Exception as error:  # no f-string: any Python 3 must get this far
         sys.stderr.write(
             "error: this plugin needs Python 3.8-3.10 with the nnabla-sgd-influence package "
             "beside it or installed ({}: {})\n".format(type(error).__name__, error)
         )
         sys.exit(1)
-    sys.exit(main_image())
+    sys.exit(run_image())

@@ -88,7 +88,7 @@ def test_run_trials_is_the_lower_level_entry(cancer, tmp_path):
     [
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"mode": "every"}, "mode must be one of"),
-        ({"seed": -1}, "seed must be an integer"),
+        ({"seed": -1}, "seed must be in"),
     ],
 )
 def test_bad_options_raise_one_line_errors(cancer, options, message):

@@ -226,7 +226,6 @@ def _markdown_rows(text: str, first_cell: str) -> Dict[str, List[str]]:
     return rows
 
 
-@pytest.mark.slow
 def test_bench_speed_quick_run(samples_dir, tmp_path):
     stdout = _run("bench_speed.py", tmp_path)
     report = (tmp_path / "bench_speed.txt").read_text(encoding="utf-8")
@@ -243,7 +242,6 @@ def test_bench_speed_quick_run(samples_dir, tmp_path):
     assert re.search(r"^2,000\s.*\s1\.57\s+[\d.]+$", report, re.MULTILINE), report
 
 
-@pytest.mark.slow
 def test_cleansing_smoke_run(samples_dir, tmp_path):
     stdout = _run("cleansing.py", tmp_path, "--smoke")
     report = (tmp_path / "cleansing.md").read_text(encoding="utf-8")

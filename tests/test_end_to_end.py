@@ -1,14 +1,12 @@
 """Both plugins run as a user (or NNC) runs them: each script once as its own process, then
-in this process on a model written by NNC itself and from a result folder, and interrupted
-with Ctrl-C. Determinism is tested in-process (test_engine.py)."""
+in this process on a model written by NNC itself, from a result folder and on a Japanese
+Windows dataset. Determinism is tested in process (test_engine.py), interruptions in
+test_catalogue.py and test_signals.py."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,16 +15,12 @@ import pytest
 from plugin_helpers import (
     COMPLETION,
     IMAGE_SCRIPT,
-    REPO,
     TABULAR_SCRIPT,
-    plugin_env,
     read_csv,
     read_header,
     run_in_process,
     run_plugins,
 )
-
-from nnabla_sgd_influence.workspace import PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -143,53 +137,6 @@ def test_relative_paths_from_the_working_folder(samples, tmp_path):
     result = run_in_process("tabular", *args, cwd=work)
     assert_succeeded(result)
     assert n_rows(work / "out.csv") == n_rows(samples / "cancer" / "train_noisy.csv")
-
-
-def wait_for_training(temp_parent: Path, process: subprocess.Popen, timeout: float = 60) -> Path:
-    """Block until the run has made its temporary folder and started trial 1."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        for folder in temp_parent.glob(PREFIX + "*"):
-            if (folder / "trial_1").is_dir():
-                return folder
-        time.sleep(0.02)
-    raise AssertionError("the run never reached training")
-
-
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_mid_run_leaves_nothing(samples, tmp_path, signal_number):
-    temp_parent = tmp_path / "temp"
-    temp_parent.mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
-    args = image_args(
-        samples, out / "influence.csv", "-nt", 3, "--mode", "exact", "--temp-dir", temp_parent
-    )
-    process = subprocess.Popen(
-        [sys.executable, str(IMAGE_SCRIPT), *[str(a) for a in args]],
-        cwd=str(REPO),
-        env=plugin_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A test runner started as a background job passes SIGINT on as ignored; a user's
-        # terminal does not.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    try:
-        wait_for_training(temp_parent, process)
-        time.sleep(0.3)
-        process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr[-2000:]
-    assert stderr.rstrip().splitlines()[-1] == "interrupted"
-    assert "Traceback" not in stderr
-    assert list(temp_parent.iterdir()) == []
-    assert list(out.iterdir()) == []
 
 
 def make_fashion_like_dataset(folder: Path, n_train: int = 64, n_val: int = 32) -> None:

@@ -200,5 +200,7 @@ def test_model_without_loss(samples_dir, tmp_path):
 def test_model_with_garbled_definition(samples_dir, tmp_path):
     source = samples_dir / "models" / "cancer_mlp" / "results.nnp"
     path = _rewrite(source, tmp_path / "r.nnp", lambda t: t + "\nnetwork { name: ")
-    with pytest.raises(InfluenceError, match="cannot read the network definition"):
+    with pytest.raises(
+        InfluenceError, match="member .net.nntxt. is not a valid network definition"
+    ):
         load_model(path)
