@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 from .arguments import InfluenceArguments
 from .context import select_context
 from .datasets import Dataset, load_dataset
-from .engine import run_trials
+from .engine import run_trials, warn_about_batches_of_one
 from .model import NnpModel, load_model
 from .progress import Progress, as_progress
 from .results import InfluenceResult
@@ -67,6 +67,7 @@ def compute_influence(
     train = _dataset(input_train, model, "input-train")
     val = _dataset(input_val, model, "input-val")
     warn_if_not_modeled(model.solver)
+    warn_about_batches_of_one(model, len(train), batch_size)
     import nnabla as nn
 
     scope = nn.context_scope(select_context(context, device_id))

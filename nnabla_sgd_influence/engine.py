@@ -97,6 +97,20 @@ def run_trial(
     )
 
 
+def warn_about_batches_of_one(model: NnpModel, n_rows: int, batch_size: int) -> None:
+    """BatchNormalization on a batch of one row normalizes every activation to 0: that step's
+    rows get a gradient of rounding noise before the layer (NNC trains the same way)."""
+    if (batch_size == 1 or n_rows % batch_size == 1) and model.layers_of_type(
+        "BatchNormalization", "FusedBatchNormalization"
+    ):
+        log.warning(
+            "a step trains on one row while the model has BatchNormalization: batch statistics "
+            "of one row carry no signal, so that row's score is noise before the layer "
+            "(choose a batch size that does not leave one row, e.g. %d)",
+            batch_size + 1 if batch_size > 1 else 2,
+        )
+
+
 @contextmanager
 def _working_folder(workdir: Optional[Path], mode: str) -> Iterator[Optional[Path]]:
     if workdir is not None or mode != "exact":

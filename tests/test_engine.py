@@ -314,3 +314,16 @@ def test_layer_without_second_order_falls_back_to_finite_differences(tmp_path, c
     assert kendall_tau(result.scores, truth) >= 0.95
     with pytest.raises(InfluenceError, match="'Mirror' \\(Flip\\) has no second-order"):
         run_trial(m, train, val, InfluenceArguments(batch_size=8, hvp="autodiff"))
+
+
+def test_a_batch_of_one_row_with_batch_normalization_is_warned_about(samples_dir, caplog):
+    from nnabla_sgd_influence.engine import warn_about_batches_of_one
+
+    cnn = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
+    mlp = load_model(samples_dir / "models" / "cancer_mlp" / "results.nnp")
+    with caplog.at_level("WARNING"):
+        warn_about_batches_of_one(cnn, 1000, 32)  # no batch of one
+        warn_about_batches_of_one(mlp, 33, 32)  # no BatchNormalization
+        assert caplog.text == ""
+        warn_about_batches_of_one(cnn, 33, 32)
+    assert "one row while the model has BatchNormalization" in caplog.text
