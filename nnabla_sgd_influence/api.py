@@ -18,7 +18,11 @@ from .arguments import InfluenceArguments
 from .context import select_context
 from .datasets import Dataset, load_dataset
 from .engine import run_trials, warn_about_batches_of_one
+from .errors import InfluenceError
 from .model import NnpModel, load_model
+from .mpi import run_trials_over_mpi
+from .mpi import world as mpi_world
+from .parallel import default_workers, run_trials_in_processes
 from .progress import Progress, as_progress
 from .results import InfluenceResult
 from .solvers import warn_if_not_modeled
@@ -39,18 +43,22 @@ def compute_influence(
     mode: str = "last",
     hvp: str = "auto",
     context: Optional[str] = None,
-    device_id: str = "0",
+    device_id: Optional[str] = None,
     temp_dir: Optional[PathLike] = None,
     keep_temp: bool = False,
+    workers: Optional[int] = 1,
     progress: Union[bool, Progress, Callable[[str, int, int], None]] = True,
     model_solver: bool = True,
-) -> InfluenceResult:
+) -> Optional[InfluenceResult]:
     """SGD-Influence of every row of ``input_train`` on the mean loss of ``input_val``.
 
     ``model`` is a ``results.nnp`` (or a loaded :class:`NnpModel`); ``input_train`` and
     ``input_val`` are NNC dataset CSVs (or loaded :class:`Dataset` objects). The keyword
     arguments are the plugins' options under the same names (see the README);
-    ``progress`` is ``True`` for bars, ``False`` for none, or ``callback(phase, done, total)``.
+    ``workers`` runs the trials in that many processes (None: one per physical core, at most
+    one per trial); ``progress`` is ``True`` for bars, ``False`` for none, or
+    ``callback(phase, done, total)``. Under ``mpirun`` (with mpi4py) every rank calls this and
+    the ranks share the work; rank 0 gets the result, the others None.
     Raises :class:`~.errors.InfluenceError` with a one-line message on bad input.
     """
     arguments = InfluenceArguments(
@@ -66,16 +74,40 @@ def compute_influence(
         model = load_model(model)
     train = _dataset(input_train, model, "input-train")
     val = _dataset(input_val, model, "input-val")
-    warn_if_not_modeled(model.solver)
-    warn_about_batches_of_one(model, len(train), batch_size)
+    workers = default_workers(n_trials) if workers is None else min(int(workers), n_trials)
+    if workers < 1:
+        raise InfluenceError(f"workers must be a positive integer, got {workers!r}")
+    world = mpi_world()
+    if world is None or world.rank == 0:
+        warn_if_not_modeled(model.solver)
+        warn_about_batches_of_one(model, len(train), batch_size)
+    if device_id is None:
+        device_id = "0" if world is None else str(world.local_rank)  # one GPU per rank
     import nnabla as nn
 
-    scope = nn.context_scope(select_context(context, device_id))
+    context_object = select_context(context, device_id)
+    scope = nn.context_scope(context_object)
     folder = workspace(None if temp_dir is None else Path(temp_dir), keep=keep_temp)
+    shown = as_progress(progress)
     with scope, folder as path:
-        return run_trials(
-            model, train, val, arguments, path, keep_temp=keep_temp, progress=as_progress(progress)
-        )
+        if world is not None:
+            return run_trials_over_mpi(
+                model, train, val, arguments, path, world, keep_temp=keep_temp, progress=shown
+            )
+        if workers > 1:
+            name = "cudnn" if "cudnn" in str(context_object.backend) else "cpu"
+            return run_trials_in_processes(
+                model,
+                train,
+                val,
+                arguments,
+                path,
+                workers=workers,
+                context=(name, device_id),
+                keep_temp=keep_temp,
+                progress=shown,
+            )
+        return run_trials(model, train, val, arguments, path, keep_temp=keep_temp, progress=shown)
 
 
 def _dataset(source: Union[PathLike, Dataset], model: NnpModel, role: str) -> Dataset:

@@ -53,17 +53,23 @@ def run_trial(
     trial: int = 0,
     workdir: Optional[Path] = None,
     progress: Progress = SILENT,
+    shard=None,
 ) -> TrialResult:
     """Score every row of ``train`` by its SGD-Influence on the mean loss of ``val``.
 
     Trial ``trial`` (0-based) shuffles with ``arguments.seed + trial``. Mode ``exact`` stores
     its snapshots in ``workdir`` (a temporary folder when None). ``model`` is left as loaded.
+    ``shard`` (an :class:`.mpi.World`) splits each step's batch over MPI ranks.
     """
     arguments = arguments or InfluenceArguments()
     seed = arguments.seed_of(trial)
     params = ParameterSet(model)
     graphs = GraphCache(model, params)
     step_pass = create_pass(graphs, arguments.hvp)
+    if shard is not None:
+        from .mpi import ShardedPass
+
+        step_pass = ShardedPass(step_pass, shard)
     with _working_folder(workdir, arguments.mode) as folder:
         run = retrain(
             graphs,
@@ -87,6 +93,8 @@ def run_trial(
             model_solver=arguments.model_solver,
             progress=progress,
         )
+    if shard is not None:
+        (scores,) = shard.sum([scores])  # each rank holds its rows' share
     return TrialResult(
         scores=scores,
         seed=seed,
@@ -131,32 +139,46 @@ def run_trials(
     progress: Progress = SILENT,
 ) -> InfluenceResult:
     """Every trial (seeds seed, seed+1, ...), each in ``folder/trial_<i>``; scores averaged."""
-    per_trial = np.empty((arguments.n_trials, len(train)), dtype=np.float64)
-    trials: List[TrialResult] = []
-    for index in range(arguments.n_trials):
-        workdir = Path(folder) / f"trial_{index + 1}"
-        workdir.mkdir()
-        result = run_trial(
-            model,
-            train,
-            val,
-            arguments,
-            trial=index,
-            workdir=workdir,
-            progress=progress.for_trial(index, arguments.n_trials),
-        )
-        if not keep_temp:
-            remove_folder(workdir)  # mode "exact" may have stored much there
-        checkpoint()
-        per_trial[index] = result.scores
-        trials.append(result)
-    result = average_trials(per_trial, trials)
-    result.dataset = train
+    trials = [
+        trial_in_folder(model, train, val, arguments, index, folder, keep_temp, progress)
+        for index in range(arguments.n_trials)
+    ]
+    return average_trials(trials, train)
+
+
+def trial_in_folder(
+    model: NnpModel,
+    train,
+    val,
+    arguments: InfluenceArguments,
+    index: int,
+    folder: Path,
+    keep_temp: bool = False,
+    progress: Progress = SILENT,
+    shard=None,
+) -> TrialResult:
+    """Trial ``index`` (0-based) in its own ``folder/trial_<index + 1>``, removed afterwards."""
+    workdir = Path(folder) / f"trial_{index + 1}"
+    workdir.mkdir()
+    result = run_trial(
+        model,
+        train,
+        val,
+        arguments,
+        trial=index,
+        workdir=workdir,
+        progress=progress.for_trial(index, arguments.n_trials),
+        shard=shard,
+    )
+    if not keep_temp:
+        remove_folder(workdir)  # mode "exact" may have stored much there
+    checkpoint()
     return result
 
 
-def average_trials(per_trial: np.ndarray, trials: List[TrialResult]) -> InfluenceResult:
+def average_trials(trials: List[TrialResult], train=None) -> InfluenceResult:
     """Mean scores of the trials, added in trial order (the same bits however they ran)."""
+    per_trial = np.array([t.scores for t in trials], dtype=np.float64)
     total = np.zeros(per_trial.shape[1], dtype=np.float64)
     for scores in per_trial:
         total += scores
@@ -176,4 +198,5 @@ def average_trials(per_trial: np.ndarray, trials: List[TrialResult]) -> Influenc
         hvp_method=first.hvp_method,
         steps=first.steps,
         stored_bytes=first.stored_bytes,
+        dataset=train,
     )

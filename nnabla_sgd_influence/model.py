@@ -68,6 +68,22 @@ class NnpModel:
     normalize_images: bool  # divide pixels by 255
     proto: object = field(repr=False, default=None)  # nnabla_pb2.NNablaProtoBuf
 
+    def __getstate__(self) -> dict:
+        # The protobuf message as bytes: its generated class cannot be pickled by reference
+        # (worker processes and MPI ranks get models pickled).
+        state = dict(self.__dict__)
+        state["proto"] = None if self.proto is None else self.proto.SerializeToString()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("proto") is not None:
+            from nnabla.utils import nnabla_pb2
+
+            proto = nnabla_pb2.NNablaProtoBuf()
+            proto.ParseFromString(state["proto"])
+            state = {**state, "proto": proto}
+        self.__dict__.update(state)
+
     def network(self, name: str):
         """The ``network`` message called ``name`` (nnabla_pb2.Network)."""
         return _network(self.proto, name, self.path)

@@ -66,6 +66,20 @@ class SolverSpec:
     # Iteration at which the saved training stopped; retraining continues the schedule there.
     start_iteration: int = 0
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)  # the Solver message as bytes (see NnpModel.__getstate__)
+        state["proto"] = None if self.proto is None else self.proto.SerializeToString()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("proto") is not None:
+            from nnabla.utils import nnabla_pb2
+
+            proto = nnabla_pb2.Solver()
+            proto.ParseFromString(state["proto"])
+            state = {**state, "proto": proto}
+        self.__dict__.update(state)
+
 
 @dataclass
 class StepUpdate:
