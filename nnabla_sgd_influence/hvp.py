@@ -44,16 +44,20 @@ class AutodiffPass:
 
     name = "autodiff"
 
-    def __init__(self, model: NnpModel, params: Dict[str, object]) -> None:
+    def __init__(
+        self, model: NnpModel, params: Dict[str, object], fast_layers: bool = True
+    ) -> None:
         self.model = model
         self.params = params
         self.theta = [params[n] for n in model.trainable]
+        # BatchNormalization by .second_order; False: nnabla's own
+        self.fast_layers = fast_layers
         self._graphs: Dict[int, _SecondOrderGraph] = {}
 
     def graph(self, batch_size: int) -> _SecondOrderGraph:
         if batch_size not in self._graphs:
             self._graphs[batch_size] = _build_second_order_graph(
-                self.model, self.params, self.theta, batch_size
+                self.model, self.params, self.theta, batch_size, self.fast_layers
             )
         return self._graphs[batch_size]
 
@@ -224,14 +228,16 @@ def per_row_reference(
     params: Dict[str, object],
     batch: Dict[str, np.ndarray],
     v: Sequence[np.ndarray],
+    fast_layers: bool = True,
 ) -> PassResult:
     """The loop the batched passes replace: for each row, its gradient and its H_i v.
 
     Each row is selected with one-hot weights inside the whole batch, so the result stays exact
-    for layers that mix rows (BatchNormalization on batch statistics).
+    for layers that mix rows (BatchNormalization on batch statistics). ``fast_layers`` as for
+    :class:`AutodiffPass`.
     """
     theta = [params[n] for n in model.trainable]
-    graph = _build_second_order_graph(model, params, theta, _batch_size(batch))
+    graph = _build_second_order_graph(model, params, theta, _batch_size(batch), fast_layers)
     _feed(graph.inputs, batch)
     for variable, value in zip(graph.directions, v):
         variable.d = value
@@ -254,14 +260,28 @@ def per_row_reference(
     return dots, hv
 
 
-def _build_second_order_graph(model, params, theta, batch_size: int) -> _SecondOrderGraph:
+def _build_second_order_graph(
+    model, params, theta, batch_size: int, fast_layers: bool = True
+) -> _SecondOrderGraph:
     import nnabla as nn
     import nnabla.functions as F
 
-    graph = build_graph(model, params, batch_size, training=True, second_order=True)
-    weights = nn.Variable.from_numpy_array(np.ones(batch_size, dtype=np.float32), need_grad=True)
-    weighted = F.sum(weights * graph.per_sample_loss)
-    gradients = nn.grad([weighted], theta)
+    from .second_order import SecondOrderLayers
+
+    with SecondOrderLayers() as layers:
+        graph = build_graph(
+            model,
+            params,
+            batch_size,
+            training=True,
+            second_order=True,
+            layer_builder=layers.build if fast_layers else None,
+        )
+        weights = nn.Variable.from_numpy_array(
+            np.ones(batch_size, dtype=np.float32), need_grad=True
+        )
+        weighted = F.sum(weights * graph.per_sample_loss)
+        gradients = nn.grad([weighted], theta)
     for g in gradients:
         if g is not None:
             g.persistent = True  # read after the forward pass (the batch gradient)

@@ -15,7 +15,7 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -433,6 +433,7 @@ def build_graph(
     training: bool,
     network_name: Optional[str] = None,
     second_order: bool = False,
+    layer_builder: Optional[Callable[[object, List, bool], Optional[tuple]]] = None,
 ) -> Graph:
     """Build a network of ``model`` at ``batch_size`` on the shared ``params``.
 
@@ -440,6 +441,9 @@ def build_graph(
     batch statistics, Dropout active); otherwise the evaluation network in test mode
     (running statistics, Dropout as identity). ``second_order`` writes layers whose backward
     nnabla cannot differentiate again as equivalent layers that it can (same values).
+    ``layer_builder(function, args, training)``, when given, builds a layer first: it returns
+    the layer's outputs, or None to build the layer as usual (see
+    :class:`.second_order.SecondOrderLayers`).
     """
     import nnabla as nn
     import nnabla.functions as F
@@ -468,9 +472,10 @@ def build_graph(
                     f"{model.path}: layer '{function.name}' reads '{input_name}', which is "
                     "neither a data variable, a parameter nor an earlier layer's output"
                 )
-        if second_order and function.type in _SECOND_ORDER_EQUIVALENTS:
+        outputs = layer_builder(function, args, training) if layer_builder else None
+        if outputs is None and second_order and function.type in _SECOND_ORDER_EQUIVALENTS:
             outputs = (_SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
-        else:
+        if outputs is None:
             outputs = _call_function(function, args, batch_size, network.batch_size, training)
         for output_name, output in zip(function.output, outputs):
             variables[output_name] = output
