@@ -50,7 +50,7 @@ class AutodiffPass:
         self.model = model
         self.params = params
         self.theta = [params[n] for n in model.trainable]
-        # BatchNormalization by .second_order; False: nnabla's own
+        # BatchNormalization, ReLU, MaxPooling by .second_order; False: nnabla's own
         self.fast_layers = fast_layers
         self._graphs: Dict[int, _SecondOrderGraph] = {}
 

@@ -1,14 +1,15 @@
-"""BatchNormalization for the batched second-order pass, on the CPU.
+"""BatchNormalization, ReLU and MaxPooling for the batched second-order pass, on the CPU.
 
 The pass (:mod:`.hvp`) builds G = dL/dtheta with ``nn.grad`` and runs one backward pass of
 s = <v, G>, so every layer appears three times: its forward, its backward (built by ``nn.grad``
-from nnabla's registry of backward functions) and the backward of that backward. For
-BatchNormalization nnabla's CPU version of the last is slow: about 58 eager broadcast
-operations in Python per step, with element-wise kernels many times slower than numpy's.
-Here it is a pair of nnabla functions written with numpy: a forward that also outputs what its
-backward needs, and a backward whose own backward is written out in closed form.
-:class:`SecondOrderLayers` builds the forwards (the graph builder calls its ``build`` per
-layer) and makes ``nn.grad`` find the backwards.
+from nnabla's registry of backward functions) and the backward of that backward. For three
+common layers nnabla's CPU versions of the last two are slow: BatchNormalization's double
+backward is about 58 eager broadcast operations in Python per step, and the backward of ReLU
+and MaxPooling recompute the mask and the positions of the maxima, with element-wise kernels
+many times slower than numpy's. Here each of them is a pair of nnabla functions
+written with numpy: a forward that also outputs what its backward needs, and a backward whose
+own backward is written out in closed form. :class:`SecondOrderLayers` builds the forwards
+(the graph builder calls its ``build`` per layer) and makes ``nn.grad`` find the backwards.
 
 BatchNormalization with batch statistics (the training network). Per channel (every index
 of the kept ``axes``), with N the number of elements reduced over and means over them::
@@ -46,6 +47,14 @@ runs about 58 eager broadcast operations and recomputes the statistics from x. T
 running mean and variance are neither read nor written (the forward's are private arrays):
 with batch statistics the output does not depend on them.
 
+ReLU: the forward outputs y = max(x, 0) and the mask [x > 0] (no gradient flows through the
+mask, as in nnabla's own backward); dx = dy * mask and its backward g_dy = g * mask reuse it.
+
+MaxPooling whose windows tile the input (stride = kernel, no padding, 2-D): the forward is
+nnabla's, and its backward of ones gives the mask, 1 at each window's maximum (the element
+nnabla picks, ties included); dx = mask * dy (dy repeated over each window) and its backward,
+the window sums of mask * g, reuse it. nnabla would find the maxima again in each of them.
+
 All of this runs only on the CPU (numpy on the arrays); under another context
 ``SecondOrderLayers.build`` returns None and the graph is nnabla's own, as for layer settings
 not covered here.
@@ -59,18 +68,22 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from nnabla.function import PythonFunction
 
-FORWARD_NAMES = {"BatchNormalization": "SecondOrderBatchNormalization"}
+FORWARD_NAMES = {
+    "BatchNormalization": "SecondOrderBatchNormalization",
+    "ReLU": "SecondOrderReLU",
+    "MaxPooling": "SecondOrderMaxPooling",
+}
 
 
 class SecondOrderLayers:
-    """Builds BatchNormalization for the second-order graph, and lets
+    """Builds BatchNormalization, ReLU and MaxPooling for the second-order graph, and lets
     ``nn.grad`` find their backward functions.
 
     Use it as a context manager around building the graph and its ``nn.grad``; pass
     :meth:`build` to the graph builder. Inside, nnabla's registry of backward functions knows
     this module's forward functions; on exit the registry is as it was.
 
-    The forwards' extra outputs (xhat and s) are kept here until ``nn.grad`` has
+    The forwards' extra outputs (xhat, s and the masks) are kept here until ``nn.grad`` has
     connected them to the backward functions that read them: nnabla holds a function's outputs
     only weakly, and an output that nothing refers to is recreated as a leaf, which would cut
     the gradient that flows back through xhat and s.
@@ -97,7 +110,11 @@ class SecondOrderLayers:
     def __enter__(self) -> SecondOrderLayers:
         from nnabla.backward_functions import registry
 
-        added = {FORWARD_NAMES["BatchNormalization"]: _batch_normalization_backward}
+        added = {
+            FORWARD_NAMES["BatchNormalization"]: _batch_normalization_backward,
+            FORWARD_NAMES["ReLU"]: _relu_backward,
+            FORWARD_NAMES["MaxPooling"]: _max_pooling_backward,
+        }
         self._previous = {name: registry.get(name) for name in added}
         registry.update(added)
         return self
@@ -449,4 +466,256 @@ def _batch_normalization_backward(
     return list(grads) if isinstance(grads, tuple) else [grads]
 
 
-_BUILDERS: Dict[str, Callable] = {"BatchNormalization": _build_batch_normalization}
+# --------------------------------------------------------------------------------------
+# ReLU
+
+
+def _build_relu(function, args: List, training: bool):
+    y, mask = _ReluForward(_context())(args[0], n_outputs=2)
+    return (y,), (mask.apply(need_grad=False),)
+
+
+class _ReluForward(PythonFunction):
+    """x -> (max(x, 0), [x > 0]); the mask carries no gradient."""
+
+    @property
+    def name(self) -> str:
+        return FORWARD_NAMES["ReLU"]
+
+    @property
+    def args(self) -> Dict:
+        return {}
+
+    def min_outputs(self) -> int:
+        return 2
+
+    def grad_depends_output_data(self, i, o) -> bool:
+        return o == 1
+
+    def grad_depends_input_data(self, i, j) -> bool:
+        return False
+
+    def setup_impl(self, inputs, outputs) -> None:
+        outputs[0].reset_shape(inputs[0].shape, True)
+        outputs[1].reset_shape(inputs[0].shape, True)
+
+    def forward_impl(self, inputs, outputs) -> None:
+        x = _read(inputs[0].data)
+        mask = outputs[1].data.get_data("w")
+        np.greater(x, 0, out=mask)
+        np.maximum(x, 0, out=outputs[0].data.get_data("w"))
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum) -> None:
+        if propagate_down[0]:
+            _combine(inputs[0].grad, accum[0], [(_read(outputs[0].grad), _read(outputs[1].data))])
+
+
+class _MaskedGradient(PythonFunction):
+    """(dy, mask) -> dy * mask, for a mask that carries no gradient (ReLU's backward)."""
+
+    @property
+    def name(self) -> str:
+        return "SecondOrderReLUBackward"
+
+    @property
+    def args(self) -> Dict:
+        return {}
+
+    def min_outputs(self) -> int:
+        return 1
+
+    def grad_depends_output_data(self, i, o) -> bool:
+        return False
+
+    def grad_depends_input_data(self, i, j) -> bool:
+        return j == 1
+
+    def setup_impl(self, inputs, outputs) -> None:
+        outputs[0].reset_shape(inputs[0].shape, True)
+
+    def forward_impl(self, inputs, outputs) -> None:
+        np.multiply(_read(inputs[0].data), _read(inputs[1].data), out=outputs[0].data.get_data("w"))
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum) -> None:
+        if propagate_down[0]:
+            _combine(inputs[0].grad, accum[0], [(_read(outputs[0].grad), _read(inputs[1].data))])
+
+
+def _relu_backward(grad_inputs, inputs, input_shapes, outputs, output_shapes):
+    """nn.grad's backward of :class:`_ReluForward`."""
+    return [_MaskedGradient(_context())(grad_inputs[0], outputs[1])]
+
+
+# --------------------------------------------------------------------------------------
+# MaxPooling, windows that tile the input
+
+
+def _build_max_pooling(function, args: List, training: bool):
+    param = function.max_pooling_param
+    x = args[0]
+    kernel = tuple(int(k) for k in param.kernel.dim)
+    stride = tuple(int(k) for k in param.stride.dim) or kernel
+    pad = tuple(int(p) for p in param.pad.dim) or (0,) * len(kernel)
+    if len(kernel) != 2 or stride != kernel or any(pad) or param.channel_last or x.ndim < 3:
+        return None
+    partial = any(n % k for n, k in zip(x.shape[-2:], kernel))
+    if partial and not param.ignore_border:
+        return None  # windows cut by the border
+    y, mask = _MaxPoolForward(_context(), kernel)(x, n_outputs=2)
+    return (y,), (mask.apply(need_grad=False),)
+
+
+class _Tiles:
+    """An (..., H, W) array cut into the kh x kw windows of a pooling with stride = kernel;
+    rows and columns past the last whole window are left out. Only views and slices with long
+    inner loops: numpy is slow at reducing or broadcasting over axes of length 2."""
+
+    def __init__(self, shape: Sequence[int], kernel: Tuple[int, int]) -> None:
+        self.shape = tuple(shape)
+        self.kernel = kernel
+        self.lead = int(np.prod(shape[:-2]))
+        self.out = (shape[-2] // kernel[0], shape[-1] // kernel[1])
+        self.output_shape = self.shape[:-2] + self.out
+        self.cropped = (self.out[0] * kernel[0], self.out[1] * kernel[1]) != self.shape[-2:]
+
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """View (L, Ho, kh, Wo*kw) of the windows' part of ``array``."""
+        (kh, kw), (ho, wo) = self.kernel, self.out
+        part = array.reshape((self.lead,) + self.shape[-2:])[:, : ho * kh, : wo * kw]
+        return part.reshape(self.lead, ho, kh, wo * kw)
+
+    def window_sums(self, array: np.ndarray) -> np.ndarray:
+        """Sum over each window, shaped like the pooling's output."""
+        rows = self.rows(array)
+        total = rows[:, :, 0, :].copy()
+        for i in range(1, self.kernel[0]):
+            total += rows[:, :, i, :]
+        columns = total.reshape(self.lead, self.out[0], self.out[1], self.kernel[1])
+        sums = columns[..., 0].copy()
+        for j in range(1, self.kernel[1]):
+            sums += columns[..., j]
+        return sums.reshape(self.output_shape)
+
+    def spread_times(self, small: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+        """out = mask * (each element of ``small`` repeated over its window); 0 elsewhere."""
+        (kh, kw), (ho, wo) = self.kernel, self.out
+        repeated = np.empty((self.lead, ho, wo, kw), dtype=np.float32)
+        flat = small.reshape(self.lead, ho, wo)
+        for j in range(kw):
+            repeated[..., j] = flat
+        repeated = repeated.reshape(self.lead, ho, wo * kw)
+        if self.cropped:
+            out[...] = 0
+        rows_out, rows_mask = self.rows(out), self.rows(mask)
+        for i in range(kh):
+            np.multiply(rows_mask[:, :, i, :], repeated, out=rows_out[:, :, i, :])
+
+
+class _MaxPoolForward(PythonFunction):
+    """x -> (max pooling of x, mask): stride = kernel, no padding; the mask is 1 at each
+    window's maximum and 0 elsewhere, and carries no gradient.
+
+    y and the mask come from nnabla's own MaxPooling (its forward, and its backward of ones),
+    so the maxima are the ones it picks, ties included; so does this function's backward.
+    """
+
+    def __init__(self, ctx, kernel: Tuple[int, int]):
+        import nnabla.function as function_classes
+
+        super().__init__(ctx)
+        self.kernel = tuple(kernel)
+        self._nnabla = function_classes.MaxPooling(
+            ctx, self.kernel, self.kernel, True, (0,) * len(self.kernel), False
+        )
+
+    @property
+    def name(self) -> str:
+        return FORWARD_NAMES["MaxPooling"]
+
+    @property
+    def args(self) -> Dict:
+        return {"kernel": self.kernel}
+
+    def min_outputs(self) -> int:
+        return 2
+
+    def grad_depends_output_data(self, i, o) -> bool:
+        # The backward is nnabla's, with the positions it keeps itself; declaring the mask
+        # makes nn.grad hand it to the backward's function, which reads it.
+        return o == 1
+
+    def grad_depends_input_data(self, i, j) -> bool:
+        return False
+
+    def setup_impl(self, inputs, outputs) -> None:
+        import nnabla as nn
+
+        self._x = nn.Variable(inputs[0].shape, need_grad=True)
+        self._y = nn.Variable(())
+        self._nnabla.setup([self._x], [self._y])
+        self._ones = nn.NdArray.from_numpy_array(np.ones(self._y.shape, np.float32))
+        outputs[0].reset_shape(self._y.shape, True)
+        outputs[1].reset_shape(inputs[0].shape, True)
+
+    def forward_impl(self, inputs, outputs) -> None:
+        self._x.data, self._y.data = inputs[0].data, outputs[0].data
+        self._nnabla.forward([self._x], [self._y])
+        # nnabla's backward of ones puts a 1 at the maximum of every window.
+        self._x.grad, self._y.grad = outputs[1].data, self._ones
+        self._nnabla.backward([self._x], [self._y], [False])
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum) -> None:
+        if propagate_down[0]:
+            self._x.grad, self._y.grad = inputs[0].grad, outputs[0].grad
+            self._nnabla.backward([self._x], [self._y], [accum[0]])
+
+
+class _MaxPoolGradient(PythonFunction):
+    """(dy, mask) -> dx = mask * dy repeated over each window (MaxPooling's backward, stride =
+    kernel); its backward is the window sums of mask * g."""
+
+    def __init__(self, ctx, kernel: Tuple[int, int]):
+        super().__init__(ctx)
+        self.kernel = tuple(kernel)
+
+    @property
+    def name(self) -> str:
+        return "SecondOrderMaxPoolingBackward"
+
+    @property
+    def args(self) -> Dict:
+        return {"kernel": self.kernel}
+
+    def min_outputs(self) -> int:
+        return 1
+
+    def grad_depends_output_data(self, i, o) -> bool:
+        return False
+
+    def grad_depends_input_data(self, i, j) -> bool:
+        return j == 1
+
+    def setup_impl(self, inputs, outputs) -> None:
+        self.tiles = _Tiles(inputs[1].shape, self.kernel)
+        outputs[0].reset_shape(inputs[1].shape, True)
+
+    def forward_impl(self, inputs, outputs) -> None:
+        mask = _read(inputs[1].data)
+        self.tiles.spread_times(_read(inputs[0].data), mask, outputs[0].data.get_data("w"))
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum) -> None:
+        if propagate_down[0]:
+            product = _read(outputs[0].grad) * _read(inputs[1].data)
+            _put(inputs[0].grad, self.tiles.window_sums(product), accum[0])
+
+
+def _max_pooling_backward(grad_inputs, inputs, input_shapes, outputs, output_shapes, kernel):
+    """nn.grad's backward of :class:`_MaxPoolForward`."""
+    return [_MaxPoolGradient(_context(), tuple(kernel))(grad_inputs[0], outputs[1])]
+
+
+_BUILDERS: Dict[str, Callable] = {
+    "BatchNormalization": _build_batch_normalization,
+    "ReLU": _build_relu,
+    "MaxPooling": _build_max_pooling,
+}

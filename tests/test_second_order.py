@@ -1,10 +1,10 @@
 """The second-order layers of ``second_order.py`` against nnabla's own autodiff.
 
-Each hand-made graph is built twice, with nnabla's BatchNormalization and with this
-package's, and the three quantities of the batched pass are compared: the batch gradient
-G = dL/dtheta, the per-row dots <v, g_i> = ds/dw_i and the Hessian-vector sum ds/dtheta, for
-s = <v, G>; BatchNormalization also against float64. The sample models are compared through
-``AutodiffPass`` and ``per_row_reference``.
+Each hand-made graph is built twice, with nnabla's BatchNormalization / ReLU / MaxPooling and
+with this package's, and the three quantities of the batched pass are compared: the batch
+gradient G = dL/dtheta, the per-row dots <v, g_i> = ds/dw_i and the Hessian-vector sum
+ds/dtheta, for s = <v, G>. The sample models are compared through ``AutodiffPass`` and
+``per_row_reference``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def _function(layer_type: str, **fields):
     function = nnabla_pb2.Function()
     function.type = layer_type
     function.name = layer_type
-    param = {"BatchNormalization": "batch_normalization_param"}[layer_type]
+    param = {
+        "BatchNormalization": "batch_normalization_param",
+        "MaxPooling": "max_pooling_param",
+        "ReLU": "relu_param",
+    }[layer_type]
     message = getattr(function, param)
     for key, value in fields.items():
         target = getattr(message, key)
@@ -48,6 +52,8 @@ def _function(layer_type: str, **fields):
                 target.extend(value)
         else:
             setattr(message, key, value)
+    if layer_type == "ReLU":
+        message.SetInParent()
     return function
 
 
@@ -311,6 +317,82 @@ def test_batch_normalization_over_several_axes_is_left_to_nnabla():
 
 
 # --------------------------------------------------------------------------------------
+# ReLU and MaxPooling
+
+
+def _relu():
+    import nnabla.functions as F
+
+    return {"function": _function("ReLU"), "inputs": [], "nnabla": F.relu}
+
+
+def _max_pooling(kernel, ignore_border=True):
+    import nnabla.functions as F
+
+    function = _function(
+        "MaxPooling", kernel=kernel, stride=kernel, ignore_border=ignore_border, pad=[0, 0]
+    )
+    return {
+        "function": function,
+        "inputs": [],
+        "nnabla": lambda x: F.max_pooling(x, tuple(kernel), tuple(kernel), ignore_border),
+    }
+
+
+def test_relu_matches_nnabla():
+    _compare(_relu(), (4, 3, 5, 5), _parameters((4, 3, 5, 5), None, False, False))
+
+
+@pytest.mark.parametrize(
+    "shape, kernel",
+    [
+        ((4, 3, 6, 8), [2, 2]),
+        ((3, 2, 9, 7), [2, 2]),  # the last row and column are in no window
+        ((2, 3, 9, 6), [3, 2]),
+        ((5, 8, 4), [2, 2]),  # 3-D input
+    ],
+)
+def test_max_pooling_matches_nnabla(shape, kernel):
+    _compare(_max_pooling(kernel), shape, _parameters(shape, None, False, False))
+
+
+def test_max_pooling_ties_go_where_nnabla_puts_them():
+    """Equal values in a window (ReLU zeros, repeated pixels): the same element gets dy."""
+    import nnabla as nn
+    import nnabla.functions as F
+
+    values = np.random.RandomState(4).randint(0, 3, size=(3, 2, 6, 6)).astype(np.float32)
+    dy = np.random.RandomState(5).randn(3, 2, 3, 3).astype(np.float32)
+    with SecondOrderLayers() as layers:
+        x = nn.Variable.from_numpy_array(values, need_grad=True)
+        (fast,) = layers.build(_max_pooling([2, 2])["function"], [x], True)
+        (g_fast,) = nn.grad([fast], [x], grad_outputs=[dy])
+        plain = F.max_pooling(x, (2, 2))
+        (g_plain,) = nn.grad([plain], [x], grad_outputs=[dy])
+    for y in (fast, plain, g_fast, g_plain):
+        y.forward()
+    np.testing.assert_array_equal(fast.d, plain.d)
+    np.testing.assert_array_equal(g_fast.d, g_plain.d)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kernel": [3, 3], "stride": [2, 2], "pad": [0, 0]},  # windows overlap
+        {"kernel": [2, 2], "stride": [2, 2], "pad": [1, 1]},
+        {"kernel": [2, 2], "stride": [2, 2], "pad": [0, 0], "ignore_border": False},
+        {"kernel": [2], "stride": [2], "pad": [0]},
+    ],
+)
+def test_other_max_pooling_settings_are_left_to_nnabla(fields):
+    import nnabla as nn
+
+    x = nn.Variable((2, 3, 5, 5))
+    with SecondOrderLayers() as layers:
+        assert layers.build(_function("MaxPooling", **fields), [x], True) is None
+
+
+# --------------------------------------------------------------------------------------
 # Scope of the replacement
 
 
@@ -330,11 +412,8 @@ def test_other_contexts_get_nnabla_layers():
     context = nn.get_current_context()
     other = nn.Context(backend=["cudnn:float", "cuda:float", "cpu:float"], array_class="CudaArray")
     x = nn.Variable((2, 3, 4, 4))
-    params = _parameters(x.shape, [1, 3, 1, 1], True, True)
-    args = [x] + [params[n] for n in ("beta", "gamma", "mean", "var")]
-    function = _batch_normalization([1], 1e-4, True, True)["function"]
     with SecondOrderLayers() as layers, nn.context_scope(other):
-        assert layers.build(function, args, True) is None
+        assert layers.build(_relu()["function"], [x], True) is None
     assert nn.get_current_context() == context
 
 
