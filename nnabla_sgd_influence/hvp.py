@@ -287,9 +287,17 @@ def _build_second_order_graph(
             g.persistent = True  # read after the forward pass (the batch gradient)
     directions = [nn.Variable(p.shape) for p in theta]
     # A parameter the loss does not reach gets no gradient graph, and contributes nothing.
-    terms = [F.sum(g * d) for g, d, p in zip(gradients, directions, theta) if _reaches(g, p)]
-    directional = terms[0] if len(terms) == 1 else F.add_n(*terms)
+    terms = [_dot(g, d) for g, d, p in zip(gradients, directions, theta) if _reaches(g, p)]
+    directional = F.reshape(terms[0] if len(terms) == 1 else F.add_n(*terms), ())
     return _SecondOrderGraph(graph.inputs, weights, weighted, gradients, directions, directional)
+
+
+def _dot(gradient, direction):
+    """<gradient, direction> as a (1, 1) matrix product: one BLAS call each way, where
+    F.sum(gradient * direction) takes nnabla's element-wise kernels (slow on the CPU)."""
+    import nnabla.functions as F
+
+    return F.affine(F.reshape(gradient, (1, -1)), F.reshape(direction, (-1, 1)))
 
 
 def _reaches(gradient, parameter) -> bool:
