@@ -50,7 +50,7 @@ class AutodiffPass:
         self.model = model
         self.params = params
         self.theta = [params[n] for n in model.trainable]
-        # BatchNormalization, ReLU, MaxPooling by .second_order; False: nnabla's own
+        # Layers and backward functions of .second_order; False: nnabla's own throughout
         self.fast_layers = fast_layers
         self._graphs: Dict[int, _SecondOrderGraph] = {}
 
@@ -268,14 +268,9 @@ def _build_second_order_graph(
 
     from .second_order import SecondOrderLayers
 
-    with SecondOrderLayers() as layers:
+    with SecondOrderLayers(enabled=fast_layers) as layers:
         graph = build_graph(
-            model,
-            params,
-            batch_size,
-            training=True,
-            second_order=True,
-            layer_builder=layers.build if fast_layers else None,
+            model, params, batch_size, training=True, second_order=True, layer_builder=layers.build
         )
         weights = nn.Variable.from_numpy_array(
             np.ones(batch_size, dtype=np.float32), need_grad=True

@@ -55,6 +55,12 @@ nnabla's, and its backward of ones gives the mask, 1 at each window's maximum (t
 nnabla picks, ties included); dx = mask * dy (dy repeated over each window) and its backward,
 the window sums of mask * g, reuse it. nnabla would find the maxima again in each of them.
 
+Tanh, Sigmoid and Convolution keep nnabla's forward; only their backward is built here (on the
+CPU, inside :class:`SecondOrderLayers`): dx = dy * f'(y) with f' = 1 - y^2 or y (1 - y) as one
+function whose backward is g_dy = g f'(y), g_y = g dy f''/f' (-2 y, 1 - 2 y), instead of four or
+five of nnabla's element-wise functions each way; and Convolution's bias gradient (a sum over
+all but the channel axis) as a numpy sum whose backward is a broadcast.
+
 All of this runs only on the CPU (numpy on the arrays); under another context
 ``SecondOrderLayers.build`` returns None and the graph is nnabla's own, as for layer settings
 not covered here.
@@ -89,7 +95,8 @@ class SecondOrderLayers:
     the gradient that flows back through xhat and s.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled  # False: nnabla's own layers and backward functions throughout
         self._kept: List = []
         self._previous: Optional[Dict[str, Callable]] = None
 
@@ -98,7 +105,7 @@ class SecondOrderLayers:
         this module's functions, or None when the layer is to be built as usual (another type,
         settings not covered, or a context other than the CPU)."""
         builder = _BUILDERS.get(function.type)
-        if builder is None or not _on_cpu():
+        if builder is None or not self.enabled or not _on_cpu():
             return None
         built = builder(function, list(args), training)
         if built is None:
@@ -110,11 +117,18 @@ class SecondOrderLayers:
     def __enter__(self) -> SecondOrderLayers:
         from nnabla.backward_functions import registry
 
+        if not self.enabled:
+            return self
         added = {
             FORWARD_NAMES["BatchNormalization"]: _batch_normalization_backward,
             FORWARD_NAMES["ReLU"]: _relu_backward,
             FORWARD_NAMES["MaxPooling"]: _max_pooling_backward,
         }
+        # nnabla's own layers whose forward stays nnabla's: on the CPU their backward is
+        # built with this module's functions, elsewhere as nnabla builds it.
+        for name, wrap in _WRAPPED_BACKWARDS.items():
+            if name in registry:
+                added[name] = wrap(registry[name])
         self._previous = {name: registry.get(name) for name in added}
         registry.update(added)
         return self
@@ -712,6 +726,136 @@ class _MaxPoolGradient(PythonFunction):
 def _max_pooling_backward(grad_inputs, inputs, input_shapes, outputs, output_shapes, kernel):
     """nn.grad's backward of :class:`_MaxPoolForward`."""
     return [_MaxPoolGradient(_context(), tuple(kernel))(grad_inputs[0], outputs[1])]
+
+
+# --------------------------------------------------------------------------------------
+# Tanh and Sigmoid (nnabla's forward), and the bias of Convolution
+
+
+class _SlopeGradient(PythonFunction):
+    """(dy, y) -> dy * f'(x), with f' written in y = f(x): 1 - y^2 (tanh), y (1 - y)
+    (sigmoid). Backward: g_dy = g f', g_y = g dy df'/dy (-2 y; 1 - 2 y)."""
+
+    SLOPES = {
+        "tanh": (lambda y: 1.0 - y * y, lambda y: -2.0 * y),
+        "sigmoid": (lambda y: y * (1.0 - y), lambda y: 1.0 - 2.0 * y),
+    }
+
+    def __init__(self, ctx, kind: str):
+        super().__init__(ctx)
+        self.kind = kind
+        self.slope, self.curvature = self.SLOPES[kind]
+
+    @property
+    def name(self) -> str:
+        return "SecondOrderSlopeGradient"
+
+    @property
+    def args(self) -> Dict:
+        return {"kind": self.kind}
+
+    def min_outputs(self) -> int:
+        return 1
+
+    def grad_depends_output_data(self, i, o) -> bool:
+        return False
+
+    def grad_depends_input_data(self, i, j) -> bool:
+        return True
+
+    def setup_impl(self, inputs, outputs) -> None:
+        outputs[0].reset_shape(inputs[0].shape, True)
+
+    def forward_impl(self, inputs, outputs) -> None:
+        slope = self.slope(_read(inputs[1].data))
+        np.multiply(_read(inputs[0].data), slope, out=outputs[0].data.get_data("w"))
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum) -> None:
+        g = _read(outputs[0].grad)
+        y = _read(inputs[1].data)
+        if propagate_down[0]:
+            _combine(inputs[0].grad, accum[0], [(g, self.slope(y))])
+        if propagate_down[1]:
+            _combine(inputs[1].grad, accum[1], [(g * _read(inputs[0].data), self.curvature(y))])
+
+
+def _slope_backward(kind: str):
+    def wrap(original):
+        def backward(grad_inputs, inputs, input_shapes, outputs, output_shapes, **args):
+            if not _on_cpu():
+                return original(grad_inputs, inputs, input_shapes, outputs, output_shapes, **args)
+            return [_SlopeGradient(_context(), kind)(grad_inputs[0], outputs[0])]
+
+        return backward
+
+    return wrap
+
+
+class _ChannelSum(PythonFunction):
+    """dy -> its sums over every axis but ``kept`` (the bias gradient); backward: broadcast."""
+
+    def __init__(self, ctx, kept: int, shape):
+        super().__init__(ctx)
+        self.kept = kept
+        self.bias_shape = tuple(shape)
+
+    @property
+    def name(self) -> str:
+        return "SecondOrderChannelSum"
+
+    @property
+    def args(self) -> Dict:
+        return {"kept": self.kept}
+
+    def min_outputs(self) -> int:
+        return 1
+
+    def grad_depends_output_data(self, i, o) -> bool:
+        return False
+
+    def grad_depends_input_data(self, i, j) -> bool:
+        return False
+
+    def setup_impl(self, inputs, outputs) -> None:
+        self.reduce = _Reduction(inputs[0].shape, [self.kept])
+        outputs[0].reset_shape(self.bias_shape, True)
+
+    def forward_impl(self, inputs, outputs) -> None:
+        _put(outputs[0].data, self.reduce.sum(_read(inputs[0].data)), False)
+
+    def backward_impl(self, inputs, outputs, propagate_down, accum) -> None:
+        if propagate_down[0]:
+            g = _read(outputs[0].grad).reshape(self.reduce.shape)
+            target = inputs[0].grad.get_data("rw" if accum[0] else "w")
+            if accum[0]:
+                target += g
+            else:
+                target[...] = g
+
+
+def _convolution_backward(original):
+    """nnabla's backward of Convolution, with the bias gradient summed by numpy (nnabla's Sum
+    and its backward take ~1.3 ms per pass on a 32x16x22x22 output)."""
+
+    def backward(grad_inputs, inputs, input_shapes, outputs, output_shapes, base_axis=1, **args):
+        grads = original(
+            grad_inputs, inputs, input_shapes, outputs, output_shapes, base_axis=base_axis, **args
+        )
+        if len(grads) != 3 or grads[2] is None or not _on_cpu():
+            return grads
+        dy = grad_inputs[0]
+        kept = dy.ndim - 1 if args.get("channel_last") else base_axis % dy.ndim
+        bias = _ChannelSum(_context(), kept, input_shapes[2])(dy)
+        return grads[0], grads[1], bias
+
+    return backward
+
+
+_WRAPPED_BACKWARDS: Dict[str, Callable] = {
+    "Tanh": _slope_backward("tanh"),
+    "Sigmoid": _slope_backward("sigmoid"),
+    "Convolution": _convolution_backward,
+}
 
 
 _BUILDERS: Dict[str, Callable] = {

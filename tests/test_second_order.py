@@ -41,7 +41,9 @@ def _function(layer_type: str, **fields):
         "BatchNormalization": "batch_normalization_param",
         "MaxPooling": "max_pooling_param",
         "ReLU": "relu_param",
-    }[layer_type]
+    }.get(layer_type)
+    if param is None:
+        return function
     message = getattr(function, param)
     for key, value in fields.items():
         target = getattr(message, key)
@@ -77,13 +79,15 @@ class _Graph:
         self.parameters = parameters
         self.inputs = nn.Variable.from_numpy_array(rng.randn(*shape).astype(np.float32) + 0.3)
         scale = parameters["scale"]
-        with SecondOrderLayers() as layers:
+        with SecondOrderLayers(enabled=fast) as layers:
             x = F.tanh(self.inputs * scale)
             args = [x] + [parameters[name] for name in layer["inputs"]]
-            if fast:
-                (h,) = layers.build(layer["function"], args, True)
+            built = layers.build(layer["function"], args, True)
+            if fast and layer["function"].type in FORWARD_NAMES:
+                (h,) = built
                 assert h.parent.info.type_name == FORWARD_NAMES[layer["function"].type]
             else:
+                assert built is None
                 h = layer["nnabla"](*args)
             self.target = nn.Variable.from_numpy_array(rng.randn(*h.shape).astype(np.float32))
             per_row = F.sum(F.tanh(h) * self.target, axis=tuple(range(1, h.ndim)))
@@ -100,6 +104,8 @@ class _Graph:
         ]
         terms = [F.sum(g * d) for g, d in zip(self.gradients, self.directions)]
         self.directional = F.add_n(*terms) if len(terms) > 1 else terms[0]
+        self.types = set()
+        self.directional.visit(lambda f: self.types.add(f.info.type_name))
 
     def run(self):
         self.directional.forward(clear_no_need_grad=True)
@@ -138,11 +144,13 @@ def _parameters(
     return params
 
 
-def _compare(layer, shape, parameters, tolerance=LAYER_TOLERANCE, reference=None) -> None:
+def _compare(layer, shape, parameters, tolerance=LAYER_TOLERANCE, reference=None, uses=()) -> None:
     """G, <v, g_i> and sum_i H_i v of both graphs, each relative to its largest entry; and
-    this package's against ``reference(graph)`` (float64) when given."""
+    this package's against ``reference(graph)`` (float64) when given. ``uses``: function
+    types that the package's graph must contain."""
     expected = _Graph(layer, False, shape, parameters).run()
     graph = _Graph(layer, True, shape, parameters)
+    assert set(uses) <= graph.types
     actual = graph.run()
     _assert_same_pass(actual, expected, tolerance)
     if reference is not None:
@@ -392,6 +400,40 @@ def test_other_max_pooling_settings_are_left_to_nnabla(fields):
         assert layers.build(_function("MaxPooling", **fields), [x], True) is None
 
 
+@pytest.mark.parametrize("kind", ["Tanh", "Sigmoid"])
+def test_tanh_and_sigmoid_backward_match_nnabla(kind):
+    import nnabla.functions as F
+
+    layer = {"function": _function(kind), "inputs": [], "nnabla": getattr(F, kind.lower())}
+    parameters = _parameters((4, 3, 5), None, False, False)
+    _compare(layer, (4, 3, 5), parameters, uses=["SecondOrderSlopeGradient"])
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_convolution_bias_gradient_matches_nnabla(with_bias):
+    import nnabla as nn
+    import nnabla.functions as F
+
+    rng = np.random.RandomState(7)
+    shape = (3, 2, 6, 6)
+    parameters = _parameters(shape, None, False, False)
+    parameters["W"] = nn.Variable.from_numpy_array(
+        rng.randn(4, 2, 3, 3).astype(np.float32), need_grad=True
+    )
+    names = ["W"]
+    if with_bias:
+        parameters["b"] = nn.Variable.from_numpy_array(
+            rng.randn(4).astype(np.float32), need_grad=True
+        )
+        names.append("b")
+    layer = {
+        "function": _function("Convolution"),
+        "inputs": names,
+        "nnabla": lambda x, w, b=None: F.convolution(x, w, b, pad=(1, 1)),
+    }
+    _compare(layer, shape, parameters, uses=["SecondOrderChannelSum"] if with_bias else [])
+
+
 # --------------------------------------------------------------------------------------
 # Scope of the replacement
 
@@ -406,15 +448,34 @@ def test_registry_is_restored_even_after_an_error():
     assert registry == before
 
 
+def _variable(shape):
+    import nnabla as nn
+
+    return nn.Variable(shape, need_grad=True)
+
+
 def test_other_contexts_get_nnabla_layers():
     import nnabla as nn
+    import nnabla.functions as F
 
     context = nn.get_current_context()
     other = nn.Context(backend=["cudnn:float", "cuda:float", "cpu:float"], array_class="CudaArray")
     x = nn.Variable((2, 3, 4, 4))
     with SecondOrderLayers() as layers, nn.context_scope(other):
         assert layers.build(_relu()["function"], [x], True) is None
+        y = nn.Variable((2, 3), need_grad=True)
+        (g,) = nn.grad([F.sum(F.tanh(y))], [y])
+        assert g.parent.info.type_name != "SecondOrderSlopeGradient"
     assert nn.get_current_context() == context
+
+
+def test_disabled_layers_are_nnabla_throughout():
+    from nnabla.backward_functions import registry
+
+    before = dict(registry)
+    with SecondOrderLayers(enabled=False) as layers:
+        assert registry == before
+        assert layers.build(_relu()["function"], [_variable((2, 3))], True) is None
 
 
 # --------------------------------------------------------------------------------------
