@@ -47,6 +47,8 @@ runs about 58 eager broadcast operations and recomputes the statistics from x. T
 running mean and variance are neither read nor written (the forward's are private arrays):
 with batch statistics the output does not depend on them.
 
+Below MIN_ELEMENTS elements nnabla's small kernels win and the layers below stay nnabla's.
+
 ReLU: the forward outputs y = max(x, 0) and the mask [x > 0] (no gradient flows through the
 mask, as in nnabla's own backward); dx = dy * mask and its backward g_dy = g * mask reuse it.
 
@@ -73,6 +75,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from nnabla.function import PythonFunction
+
+# Below this many elements (batch included) nnabla's own kernels are faster than a Python
+# function, whose forward and backward calls cost about 40 us each; BatchNormalization's double
+# backward is slower than that at any size.
+MIN_ELEMENTS = 8192
 
 FORWARD_NAMES = {
     "BatchNormalization": "SecondOrderBatchNormalization",
@@ -485,6 +492,8 @@ def _batch_normalization_backward(
 
 
 def _build_relu(function, args: List, training: bool):
+    if args[0].size < MIN_ELEMENTS:
+        return None
     y, mask = _ReluForward(_context())(args[0], n_outputs=2)
     return (y,), (mask.apply(need_grad=False),)
 
@@ -571,6 +580,8 @@ def _build_max_pooling(function, args: List, training: bool):
     stride = tuple(int(k) for k in param.stride.dim) or kernel
     pad = tuple(int(p) for p in param.pad.dim) or (0,) * len(kernel)
     if len(kernel) != 2 or stride != kernel or any(pad) or param.channel_last or x.ndim < 3:
+        return None
+    if x.size < MIN_ELEMENTS:
         return None
     partial = any(n % k for n, k in zip(x.shape[-2:], kernel))
     if partial and not param.ignore_border:
@@ -782,7 +793,7 @@ class _SlopeGradient(PythonFunction):
 def _slope_backward(kind: str):
     def wrap(original):
         def backward(grad_inputs, inputs, input_shapes, outputs, output_shapes, **args):
-            if not _on_cpu():
+            if not _on_cpu() or outputs[0] is None or outputs[0].size < MIN_ELEMENTS:
                 return original(grad_inputs, inputs, input_shapes, outputs, output_shapes, **args)
             return [_SlopeGradient(_context(), kind)(grad_inputs[0], outputs[0])]
 
@@ -842,6 +853,8 @@ def _convolution_backward(original):
             grad_inputs, inputs, input_shapes, outputs, output_shapes, base_axis=base_axis, **args
         )
         if len(grads) != 3 or grads[2] is None or not _on_cpu():
+            return grads
+        if grad_inputs[0].size < MIN_ELEMENTS:
             return grads
         dy = grad_inputs[0]
         kept = dy.ndim - 1 if args.get("channel_last") else base_axis % dy.ndim

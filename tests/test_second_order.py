@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pytest
 
+from nnabla_sgd_influence import second_order
 from nnabla_sgd_influence.datasets import load_dataset
 from nnabla_sgd_influence.evaluation import flat
 from nnabla_sgd_influence.hvp import AutodiffPass, per_row_reference
@@ -28,6 +29,12 @@ from nnabla_sgd_influence.second_order import FORWARD_NAMES, SecondOrderLayers
 LAYER_TOLERANCE = 5e-5
 FLOAT64_TOLERANCE = 2e-5
 MODEL_TOLERANCE = 1e-4
+
+
+@pytest.fixture
+def any_size(monkeypatch):
+    """The hand-made graphs are small: use this package's layers at any size."""
+    monkeypatch.setattr(second_order, "MIN_ELEMENTS", 0)
 
 
 def _function(layer_type: str, **fields):
@@ -347,6 +354,7 @@ def _max_pooling(kernel, ignore_border=True):
     }
 
 
+@pytest.mark.usefixtures("any_size")
 def test_relu_matches_nnabla():
     _compare(_relu(), (4, 3, 5, 5), _parameters((4, 3, 5, 5), None, False, False))
 
@@ -360,10 +368,12 @@ def test_relu_matches_nnabla():
         ((5, 8, 4), [2, 2]),  # 3-D input
     ],
 )
+@pytest.mark.usefixtures("any_size")
 def test_max_pooling_matches_nnabla(shape, kernel):
     _compare(_max_pooling(kernel), shape, _parameters(shape, None, False, False))
 
 
+@pytest.mark.usefixtures("any_size")
 def test_max_pooling_ties_go_where_nnabla_puts_them():
     """Equal values in a window (ReLU zeros, repeated pixels): the same element gets dy."""
     import nnabla as nn
@@ -401,6 +411,7 @@ def test_other_max_pooling_settings_are_left_to_nnabla(fields):
 
 
 @pytest.mark.parametrize("kind", ["Tanh", "Sigmoid"])
+@pytest.mark.usefixtures("any_size")
 def test_tanh_and_sigmoid_backward_match_nnabla(kind):
     import nnabla.functions as F
 
@@ -410,6 +421,7 @@ def test_tanh_and_sigmoid_backward_match_nnabla(kind):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.usefixtures("any_size")
 def test_convolution_bias_gradient_matches_nnabla(with_bias):
     import nnabla as nn
     import nnabla.functions as F
@@ -454,6 +466,7 @@ def _variable(shape):
     return nn.Variable(shape, need_grad=True)
 
 
+@pytest.mark.usefixtures("any_size")
 def test_other_contexts_get_nnabla_layers():
     import nnabla as nn
     import nnabla.functions as F
@@ -469,6 +482,23 @@ def test_other_contexts_get_nnabla_layers():
     assert nn.get_current_context() == context
 
 
+def test_small_layers_stay_nnabla():
+    import nnabla as nn
+    import nnabla.functions as F
+
+    small = nn.Variable((2, 3, 8, 8), need_grad=True)
+    with SecondOrderLayers() as layers:
+        assert layers.build(_relu()["function"], [small], True) is None
+        assert layers.build(_max_pooling([2, 2])["function"], [small], True) is None
+        (g,) = nn.grad([F.sum(F.tanh(small))], [small])
+        assert g.parent.info.type_name != "SecondOrderSlopeGradient"
+        large = nn.Variable((8, 16, 8, 8), need_grad=True)
+        assert layers.build(_relu()["function"], [large], True) is not None
+        (g,) = nn.grad([F.sum(F.tanh(large))], [large])
+        assert g.parent.info.type_name == "SecondOrderSlopeGradient"
+
+
+@pytest.mark.usefixtures("any_size")
 def test_disabled_layers_are_nnabla_throughout():
     from nnabla.backward_functions import registry
 
