@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import InfluenceError
 from .model import NnpModel, build_graph, layers_without_second_order
+from .second_order import passing_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class AutodiffPass:
         """Forward pass on ``batch``; returns the batch gradient sum_i g_i (a by-product)."""
         graph = self._current = self.graph(_batch_size(batch))
         _feed(graph.inputs, batch)
-        graph.directional.forward(clear_no_need_grad=True)
+        with passing_interrupts():
+            graph.directional.forward(clear_no_need_grad=True)
         return [
             g.d.astype(np.float64) if _reaches(g, p) else np.zeros(p.shape)
             for g, p in zip(graph.gradients, self.theta)
@@ -87,7 +89,8 @@ class AutodiffPass:
         graph.weights.grad.zero()
         for p in self.theta:
             p.grad.zero()
-        graph.directional.backward(clear_buffer=True)
+        with passing_interrupts():
+            graph.directional.backward(clear_buffer=True)
         return graph.weights.g.astype(np.float64), [p.g.astype(np.float64) for p in self.theta]
 
 

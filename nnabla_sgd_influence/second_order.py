@@ -70,8 +70,9 @@ not covered here.
 
 from __future__ import annotations
 
+import contextlib
 import string
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from nnabla.function import PythonFunction
@@ -150,6 +151,22 @@ class SecondOrderLayers:
                 registry[name] = previous
         self._previous = None
         self._kept.clear()
+
+
+@contextlib.contextmanager
+def passing_interrupts() -> Iterator[None]:
+    """Run a graph with this module's functions so that Ctrl-C (or the CLI's SIGTERM) stays a
+    KeyboardInterrupt: raised inside a Python function's forward or backward, it comes out of
+    nnabla as a SystemError caused by it."""
+    try:
+        yield
+    except SystemError as error:
+        cause: Optional[BaseException] = error
+        while cause is not None:  # Python functions inside Python functions nest them
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from error
+            cause = cause.__cause__ or cause.__context__
+        raise
 
 
 def _on_cpu() -> bool:

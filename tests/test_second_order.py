@@ -508,6 +508,24 @@ def test_disabled_layers_are_nnabla_throughout():
         assert layers.build(_relu()["function"], [_variable((2, 3))], True) is None
 
 
+def test_ctrl_c_inside_a_python_function_stays_a_keyboard_interrupt():
+    import nnabla as nn
+    import nnabla.functions as F
+
+    class Interrupted(second_order._MaskedGradient):
+        def forward_impl(self, inputs, outputs):
+            raise KeyboardInterrupt
+
+    x = nn.Variable((2, 3), need_grad=True)
+    y = F.sum(Interrupted(nn.get_current_context())(x, x) * 2.0)
+    with pytest.raises(SystemError):
+        y.forward()
+    with pytest.raises(KeyboardInterrupt), second_order.passing_interrupts():
+        y.forward()
+    with pytest.raises(SystemError), second_order.passing_interrupts():
+        raise SystemError("not an interrupt")
+
+
 # --------------------------------------------------------------------------------------
 # The sample models and the real NNC model
 
