@@ -41,7 +41,11 @@ class _SecondOrderGraph:
 
 
 class AutodiffPass:
-    """Both quantities from one forward and one backward pass of s (double backpropagation)."""
+    """Both quantities from one forward and one backward pass of s (double backpropagation).
+
+    With ``fast_layers`` (the default) the layers whose second order nnabla makes slow on the
+    CPU are built by :mod:`.second_order`; with False, nnabla's own throughout (to compare).
+    """
 
     name = "autodiff"
 
