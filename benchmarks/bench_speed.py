@@ -3,10 +3,13 @@
 Sections of the report (printed, and written to ``benchmarks/output/bench_speed.txt``):
 
 1. retrace time / retraining time of the same epoch (1 epoch, batch 32, mode ``last``) per
-   model, with the batched autodiff pass and with the finite-difference pass; target <= 4;
+   model, with the batched autodiff pass as it is (``second_order.py``'s layers) and with
+   nnabla's own second order ("before"), and with the finite-difference pass; target <= 4;
+   then a whole trial (retrain + query + retrace) against the method of NNC's original plugin
+   (a batch-of-1 forward/backward per row, no Hessian term), for the CNNs;
 2. the batched pass against the per-row loops it replaces, at batch sizes 8, 32 and 128;
    target >= 10x at batch 32;
-3. where the time of one batched pass goes, per nnabla function (the CNNs);
+3. where the time of one batched pass goes, per nnabla function (the CNNs, before and after);
 4. bytes kept for the retrace by mode ``last`` and ``exact``, extrapolated to one MNIST epoch;
 5. peak resident memory of an image run on 2,000 and 20,000 generated images, each in its own
    process.
@@ -87,10 +90,12 @@ class Settings:
     image_counts: Tuple[int, int]  # generated images of the two memory runs
     retrace_steps: Optional[int]  # retrace steps of the memory runs; None: the whole epoch
     train_rows: Optional[int]  # rows of the storage runs; None: the whole training set
+    heavy_repeats: int  # repetitions for the ResNet-class model (seconds per step)
+    heavy_rows: Optional[int]  # its training and validation rows; None: all of them
 
 
-FULL = Settings(3, (8, 32, 128), 20.0, (2000, 20000), None, None)
-QUICK = Settings(1, (8, 32), 0.0, (400, 2000), 5, 256)
+FULL = Settings(3, (8, 32, 128), 20.0, (2000, 20000), None, None, 1, None)
+QUICK = Settings(1, (8, 32), 0.0, (400, 2000), 5, 256, 1, 64)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,10 @@ class ModelCase:
     name: str
     nnp: Path
     data: Path  # folder holding train.csv and val.csv
+    heavy: bool = False  # seconds per training step: measured fewer times
+
+    def repeats(self, settings: Settings) -> int:
+        return settings.heavy_repeats if self.heavy else settings.repeats
 
 
 # --------------------------------------------------------------------------------------
@@ -116,7 +125,12 @@ def model_cases(samples: Path) -> List[ModelCase]:
     ]
     if NNC_MODEL.is_file():
         cases.append(ModelCase("nnc_fashion_mnist_cnn", NNC_MODEL, samples / "digits"))
+    resnet = models / "digits_rgb_resnet" / "results.nnp"
+    cases.append(ModelCase("digits_rgb_resnet", resnet, samples / "digits_rgb", heavy=True))
     return cases
+
+
+CNNS = ("digits_cnn", "nnc_fashion_mnist_cnn", "digits_rgb_resnet")
 
 
 def new_graphs(model: NnpModel) -> GraphCache:
@@ -124,13 +138,19 @@ def new_graphs(model: NnpModel) -> GraphCache:
     return GraphCache(model, ParameterSet(model))
 
 
-def load_case(case: ModelCase) -> Tuple[NnpModel, Dataset, Dataset]:
-    """The model with its training and validation sets."""
+def load_case(
+    case: ModelCase, settings: Optional[Settings] = None
+) -> Tuple[NnpModel, Dataset, Dataset]:
+    """The model with its training and validation sets (the ResNet's both cut to
+    ``settings.heavy_rows`` when set)."""
     model = load_model(case.nnp)
     train = load_dataset(case.data / "train.csv", model.data_variables, model.normalize_images)
     val = load_dataset(
         case.data / "val.csv", model.data_variables, model.normalize_images, role="input-val"
     )
+    if case.heavy and settings is not None and settings.heavy_rows is not None:
+        train = train.subset(np.arange(settings.heavy_rows))
+        val = val.subset(np.arange(min(settings.heavy_rows, len(val))))
     return model, train, val
 
 
@@ -214,37 +234,87 @@ class Report:
 
 @dataclass
 class StageTimes:
-    """Seconds of each stage of one trial, and how well the two passes agree."""
+    """Seconds of each stage of one trial, and how well the passes agree."""
 
     retrain: float
     query: float
     retrace: float  # with the batched autodiff pass
+    retrace_before: float  # ... with nnabla's own second order (AutodiffPass(fast_layers=False))
     retrace_fd: float  # with the finite-difference pass
-    fd_agreement: float  # rank correlation of the two passes' scores
+    retrace_batch_of_one: float  # NNC's original plugin's method (nan: not measured)
+    before_difference: float  # max |score - score before| / max |score before|
+    before_agreement: float  # rank correlation of the scores with the scores before
+    fd_agreement: float  # rank correlation of the FD pass's scores with the autodiff scores
 
 
-def time_stages(model: NnpModel, train: Dataset, val: Dataset, seed: int) -> StageTimes:
-    """Time retrain, query gradient and both retraces of one trial, as ``run_trial`` runs them."""
+def time_stages(
+    model: NnpModel, train: Dataset, val: Dataset, seed: int, batch_of_one: bool = False
+) -> StageTimes:
+    """Time retrain, query gradient and the retraces of one trial, as ``run_trial`` runs them;
+    with ``batch_of_one`` also the retrace of NNC's original plugin."""
     graphs = new_graphs(model)
-    params = graphs.params
-    autodiff = AutodiffPass(graphs)
-    finite = FiniteDifferencePass(graphs)
+    params, spec = graphs.params, model.solver
     start = time.perf_counter()
-    run = retrain(graphs, model.solver, train, batch_size=BATCH_SIZE, seed=seed)
+    run = retrain(graphs, spec, train, batch_size=BATCH_SIZE, seed=seed)
     retrained = time.perf_counter()
     u, _ = validation_gradient(graphs, val, BATCH_SIZE)
     queried = time.perf_counter()
-    scores = retrace(params, model.solver, train, run, u, autodiff)
+    scores = retrace(params, spec, train, run, u, AutodiffPass(graphs))
     retraced = time.perf_counter()
-    scores_fd = retrace(params, model.solver, train, run, u, finite)
+    scores_before = retrace(params, spec, train, run, u, AutodiffPass(graphs, fast_layers=False))
+    retraced_before = time.perf_counter()
+    scores_fd = retrace(params, spec, train, run, u, FiniteDifferencePass(graphs))
     retraced_fd = time.perf_counter()
+    seconds_batch_of_one = math.nan
+    if batch_of_one:
+        seconds_batch_of_one = seconds_of(lambda: batch_of_one_retrace(graphs, train, run, u))
+    scale = max(float(np.max(np.abs(scores_before))), 1e-30)
     return StageTimes(
         retrain=retrained - start,
         query=queried - retrained,
         retrace=retraced - queried,
-        retrace_fd=retraced_fd - retraced,
+        retrace_before=retraced_before - retraced,
+        retrace_fd=retraced_fd - retraced_before,
+        retrace_batch_of_one=seconds_batch_of_one,
+        before_difference=float(np.max(np.abs(scores - scores_before))) / scale,
+        before_agreement=rank_correlation(scores, scores_before),
         fd_agreement=rank_correlation(scores, scores_fd),
     )
+
+
+def batch_of_one_retrace(
+    graphs: GraphCache, train: Dataset, run, u: Sequence[np.ndarray]
+) -> np.ndarray:
+    """The retrace of NNC's original plugin, timed for comparison (mode last).
+
+    Per step: for each row a batch-of-1 forward/backward of the training loss and
+    lr/|S| <u, g_row>; then one forward/backward of the whole batch, the cost of its update of
+    u (which leaves u unchanged: its gradients are unlinked before that backward). The
+    BatchNormalization statistics it moves are restored.
+    """
+    params = graphs.params
+    theta = params.theta
+    one_row, one_loss = one_row_graph(graphs)
+    scores = np.zeros(len(train))
+    with params.preserved():
+        params.set_trainable(run.final_theta)
+        for step in run.steps[::-1]:
+            batch = train.batch(step.rows)
+            for k, row in enumerate(step.rows):
+                for name, variable in one_row.inputs.items():
+                    variable.d = batch[name][k : k + 1]
+                one_loss.forward(clear_no_need_grad=True)
+                for p in theta:
+                    p.grad.zero()
+                one_loss.backward(clear_buffer=True)
+                dot = sum(float(np.sum(p.g * a)) for p, a in zip(theta, u))
+                scores[row] += step.learning_rate * dot / len(step.rows)
+            graph = graphs.loss(len(step.rows), training=True)
+            graph.feed(batch)
+            graph.sum_loss.forward(clear_no_need_grad=True)
+            params.zero_grad()
+            graph.sum_loss.backward(clear_buffer=True)
+    return scores
 
 
 def function_count(variable) -> int:
@@ -268,26 +338,65 @@ def median_stages(times: Sequence[StageTimes]) -> StageTimes:
     return StageTimes(**{f: float(np.median([getattr(t, f) for t in times])) for f in fields})
 
 
-def stage_ratio_rows(cases: Sequence[ModelCase], settings: Settings) -> List[List[str]]:
+def measure_stages(cases: Sequence[ModelCase], settings: Settings) -> Dict[str, Tuple]:
+    """(model, rows, median StageTimes) per case; the CNNs also time the batch-of-1 retrace."""
+    measured = {}
+    for case in cases:
+        model, train, val = load_case(case, settings)
+        runs = [
+            time_stages(model, train, val, SEED + r, batch_of_one=case.name in CNNS)
+            for r in range(case.repeats(settings))
+        ]
+        measured[case.name] = (model, len(train), median_stages(runs))
+    return measured
+
+
+def stage_ratio_rows(cases: Sequence[ModelCase], measured: Dict[str, Tuple]) -> List[List[str]]:
     """One table row per model: stage times as multiples of the retraining epoch."""
     rows = []
     for case in cases:
-        model, train, val = load_case(case)
-        runs = [time_stages(model, train, val, SEED + r) for r in range(settings.repeats)]
-        t = median_stages(runs)
+        model, n_rows, t = measured[case.name]
+        steps = math.ceil(n_rows / BATCH_SIZE)
         ratio = t.retrace / t.retrain
         rows.append(
             [
                 case.name,
                 f"{model.n_trainable:,}",
-                str(math.ceil(len(train) / BATCH_SIZE)),
-                f"{t.retrain * 1000 / math.ceil(len(train) / BATCH_SIZE):.1f}",
+                str(steps),
+                f"{t.retrain * 1000 / steps:.1f}",
                 f"{graph_size_ratio(model):.1f}",
                 f"{t.query / t.retrain:.2f}",
+                f"{t.retrace_before / t.retrain:.2f}",
                 f"{ratio:.2f}",
+                f"{t.before_difference:.1e}",
+                f"{t.before_agreement:.3f}",
                 f"{t.retrace_fd / t.retrain:.2f}",
                 f"{t.fd_agreement:.2f}",
                 target_note(ratio, RATIO_TARGET, higher_is_better=False),
+            ]
+        )
+    return rows
+
+
+def trial_rows(cases: Sequence[ModelCase], measured: Dict[str, Tuple]) -> List[List[str]]:
+    """Whole trial (retrain + query + retrace) against the batch-of-1 method, per CNN."""
+    rows = []
+    for case in cases:
+        if case.name not in CNNS:
+            continue
+        _, _, t = measured[case.name]
+        common = t.retrain + t.query
+        ours, before = common + t.retrace, common + t.retrace_before
+        batch_of_one = common + t.retrace_batch_of_one
+        rows.append(
+            [
+                case.name,
+                f"{before:.2f}",
+                f"{ours:.2f}",
+                f"{batch_of_one:.2f}",
+                f"{before / batch_of_one:.2f}",
+                f"{ours / batch_of_one:.2f}",
+                f"{t.retrace_batch_of_one / t.retrain:.2f}",
             ]
         )
     return rows
@@ -297,10 +406,11 @@ def report_stage_ratios(report: Report, cases: Sequence[ModelCase], settings: Se
     report.add(
         "",
         f"1. Retrace time / retraining time, same epoch (1 epoch, batch {BATCH_SIZE}, "
-        f"mode last; median of {settings.repeats})",
+        f"mode last; median of {settings.repeats}, the ResNet {settings.heavy_repeats})",
         f"   target: retrace / retrain <= {RATIO_TARGET:g} with the batched autodiff pass",
         "",
     )
+    measured = measure_stages(cases, settings)
     report.table(
         [
             "model",
@@ -309,19 +419,47 @@ def report_stage_ratios(report: Report, cases: Sequence[ModelCase], settings: Se
             "train ms/step",
             "graph size",
             "query/train",
+            "before",
             "retrace/train",
+            "score diff",
+            "rho",
             "FD retrace/train",
             "FD~autodiff rho",
             "target",
         ],
-        stage_ratio_rows(cases, settings),
+        stage_ratio_rows(cases, measured),
     )
     report.add(
         "   train ms/step: absolute scale of this machine only. graph size: nnabla functions in",
         "   the batched pass's graph / in the training loss's graph (per-function overhead",
         "   dominates the small models). Retrace includes building its second-order graphs,",
-        "   retraining its first-order ones. FD = FiniteDifferencePass (two first-order passes",
-        "   per step); rho = Spearman correlation of its scores with the autodiff scores.",
+        "   retraining its first-order ones. before: retrace / retrain with nnabla's own second",
+        "   order (AutodiffPass(fast_layers=False)) in the same run; score diff: max |score -",
+        "   score before| / max |score before|; rho: Spearman correlation of the two (on",
+        "   digits_cnn, Adam amplifies the rounding of a gradient that is exactly zero, the bias",
+        "   of the convolution before BatchNormalization: permuting rows within each batch moves",
+        "   nnabla's own scores as much). FD = FiniteDifferencePass (two first-order passes per",
+        "   step); its rho: Spearman correlation of its scores with the autodiff scores.",
+        "",
+        "   A whole trial, seconds (retrain + query gradient + retrace) against the method of",
+        "   NNC's original plugin, which keeps no Hessian term:",
+        "",
+    )
+    report.table(
+        [
+            "model",
+            "before",
+            "now",
+            "batch-of-1 method",
+            "before / batch-of-1",
+            "now / batch-of-1",
+            "its retrace/train",
+        ],
+        trial_rows(cases, measured),
+    )
+    report.add(
+        "   batch-of-1 method: per step, a batch-of-1 forward/backward per row and one",
+        "   forward/backward of the batch (its update of u, which leaves u unchanged).",
     )
 
 
@@ -460,7 +598,7 @@ def report_pass_speedups(report: Report, cases: Sequence[ModelCase], settings: S
 
 def function_seconds(step_pass: AutodiffPass, batch: Dict[str, np.ndarray], v, repeats: int):
     """Mean seconds per nnabla function type in the forward and backward of one batched pass."""
-    graph = step_pass.graphs.second_order(len(next(iter(batch.values()))))
+    graph = step_pass.graphs.second_order(len(next(iter(batch.values()))), step_pass.fast_layers)
     totals: Dict[Tuple[str, str], float] = collections.defaultdict(float)
     started = [0.0]
 
@@ -503,18 +641,25 @@ def training_step_seconds(model: NnpModel, train: Dataset, size: int, repeats: i
     return median_seconds(step, max(repeats, 3), 1e9)
 
 
-def profile_rows(case: ModelCase, settings: Settings, shown: int = 4) -> List[List[str]]:
-    """The functions taking the largest share of one batched pass at batch 32."""
+def profile_rows(case: ModelCase, settings: Settings, shown: int = 5) -> List[List[str]]:
+    """The functions taking the largest share of one batched pass at batch 32, with nnabla's
+    own second order (before) and with this package's layers (now)."""
     model, train, _ = load_case(case)
-    step_pass = AutodiffPass(new_graphs(model))
+    graphs = new_graphs(model)
     batch = train.batch(np.arange(BATCH_SIZE))
     v = random_direction(model, SEED)
-    shares = function_seconds(step_pass, batch, v, max(settings.repeats, 3))
-    total = sum(shares.values())
+    repeats = case.repeats(settings) if case.heavy else max(settings.repeats, 3)
     step = training_step_seconds(model, train, BATCH_SIZE, settings.repeats)
-    rows = [[case.name, "whole pass", "", "100%", f"{total / step:.1f}"]]
-    for (phase, function), seconds in sorted(shares.items(), key=lambda kv: -kv[1])[:shown]:
-        rows.append(["", function, phase, f"{seconds / total:.0%}", f"{seconds / step:.1f}"])
+    rows = []
+    for version, fast in (("before", False), ("now", True)):
+        step_pass = AutodiffPass(graphs, fast_layers=fast)
+        shares = function_seconds(step_pass, batch, v, repeats)
+        total = sum(shares.values())
+        name = case.name if version == "before" else ""
+        rows.append([name, version, "whole pass", "", "100%", f"{total / step:.2f}"])
+        for (phase, function), seconds in sorted(shares.items(), key=lambda kv: -kv[1])[:shown]:
+            share = f"{seconds / total:.0%}"
+            rows.append(["", "", function, phase, share, f"{seconds / step:.2f}"])
     return rows
 
 
@@ -526,11 +671,13 @@ def report_profiles(report: Report, cases: Sequence[ModelCase], settings: Settin
         "",
     )
     rows = [row for case in cases for row in profile_rows(case, settings)]
-    report.table(["model", "function", "phase of s", "share", "x train step"], rows)
+    report.table(["model", "version", "function", "phase of s", "share", "x train step"], rows)
     report.add(
         "   x train step: seconds / one forward+backward of the training loss at the same batch.",
-        "   BatchNormalizationBackward in the backward of s is nnabla's CPU second-order backward",
-        "   of BatchNormalization.",
+        "   before: nnabla's own second order; BatchNormalizationBackward in the backward of s is",
+        "   its CPU second-order backward of BatchNormalization. now: with second_order.py's",
+        "   layers (SecondOrder* functions). Convolution, ConvolutionDataGrad and",
+        "   ConvolutionFilterGrad are nnabla's kernels in both.",
     )
 
 
@@ -845,9 +992,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report.add(f"note: the real NNC model is absent ({NNC_MODEL}); its rows are skipped")
     report_stage_ratios(report, cases, settings)
     report_pass_speedups(report, [by_name["digits_cnn"], by_name["cancer_mlp"]], settings)
-    cnns = [c for c in cases if c.name in ("digits_cnn", "nnc_fashion_mnist_cnn")]
-    report_profiles(report, cnns, settings)
-    report_storage(report, cnns, settings)
+    report_profiles(report, [c for c in cases if c.name in CNNS], settings)
+    small_cnns = [c for c in cases if c.name in ("digits_cnn", "nnc_fashion_mnist_cnn")]
+    report_storage(report, small_cnns, settings)
     report_memory(report, samples, settings)
     report.add("", f"wall time: {time.perf_counter() - started:.0f} s")
     report.write(args.output / "bench_speed.txt")

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .compat import backward_function_registry, create_function_instance
 from .errors import InfluenceError
-from .second_order import SECOND_ORDER_EQUIVALENTS
+from .second_order import SECOND_ORDER_EQUIVALENTS, SecondOrderLayers
 
 if TYPE_CHECKING:
     from .model import Layer, NnpModel
@@ -85,10 +85,13 @@ class GraphCache:
             self._graphs[key] = build_loss_graph(self.model, self.params, batch_size, training)
         return self._graphs[key]
 
-    def second_order(self, batch_size: int) -> SecondOrderGraph:
-        key = ("second-order", batch_size)
+    def second_order(self, batch_size: int, fast_layers: bool = True) -> SecondOrderGraph:
+        """With ``fast_layers`` (the default), the CPU layers of :mod:`.second_order`."""
+        key = ("second-order" if fast_layers else "second-order, nnabla's layers", batch_size)
         if key not in self._graphs:
-            self._graphs[key] = build_second_order_graph(self.model, self.params, batch_size)
+            self._graphs[key] = build_second_order_graph(
+                self.model, self.params, batch_size, fast_layers
+            )
         return self._graphs[key]
 
 
@@ -114,28 +117,44 @@ def build_loss_graph(
 
 
 def build_second_order_graph(
-    model: NnpModel, params: ParameterSet, batch_size: int
+    model: NnpModel, params: ParameterSet, batch_size: int, fast_layers: bool = True
 ) -> SecondOrderGraph:
-    """The training network with per-row weights and its gradient kept as a graph."""
+    """The training network with per-row weights and its gradient kept as a graph.
+
+    The forward graph and ``nn.grad`` are both built inside :class:`SecondOrderLayers`, which
+    extends nnabla's backward registry for them and keeps the forwards' extra outputs alive
+    until ``nn.grad`` has connected them.
+    """
     import nnabla as nn
     import nnabla.functions as F
 
-    inputs, per_sample, _ = build_network(
-        model, params, batch_size, training=True, second_order=True
-    )
-    weights = nn.Variable.from_numpy_array(np.ones(batch_size, dtype=np.float32), need_grad=True)
-    weighted = F.sum(weights * per_sample)
-    gradients = nn.grad([weighted], params.theta)
+    with SecondOrderLayers(enabled=fast_layers) as layers:
+        inputs, per_sample, _ = build_network(
+            model, params, batch_size, True, second_order=True, layer_builder=layers.build
+        )
+        weights = nn.Variable.from_numpy_array(
+            np.ones(batch_size, dtype=np.float32), need_grad=True
+        )
+        weighted = F.sum(weights * per_sample)
+        gradients = nn.grad([weighted], params.theta)
     for g in gradients:
         if g is not None:
             g.persistent = True  # read after the forward pass (the batch gradient)
     directions = [nn.Variable(p.shape) for p in params.theta]
     # A parameter the loss does not reach gets no gradient graph, and contributes nothing.
-    terms = [F.sum(g * d) for g, d, p in zip(gradients, directions, params.theta) if reaches(g, p)]
-    directional = terms[0] if len(terms) == 1 else F.add_n(*terms)
+    terms = [_dot(g, d) for g, d, p in zip(gradients, directions, params.theta) if reaches(g, p)]
+    directional = F.reshape(terms[0] if len(terms) == 1 else F.add_n(*terms), ())
     return SecondOrderGraph(
         inputs, weights, weighted, gradients, directions, directional, batch_size
     )
+
+
+def _dot(gradient, direction):
+    """<gradient, direction> as a (1, 1) matrix product: one BLAS call each way, where
+    F.sum(gradient * direction) takes nnabla's element-wise kernels (slow on the CPU)."""
+    import nnabla.functions as F
+
+    return F.affine(F.reshape(gradient, (1, -1)), F.reshape(direction, (-1, 1)))
 
 
 def reaches(gradient, parameter) -> bool:
@@ -149,12 +168,16 @@ def build_network(
     batch_size: int,
     training: bool,
     second_order: bool = False,
+    layer_builder: Optional[Callable[[object, List, bool], Optional[tuple]]] = None,
 ) -> Tuple[Dict[str, object], object, Dict[str, object]]:
     """(input placeholders, per-row loss, every variable by name) of one network of ``model``.
 
     ``training`` selects the training network as the solver runs it; otherwise the evaluation
     network in test mode. ``second_order`` writes layers whose backward nnabla cannot
     differentiate again as equivalent layers that it can (same values).
+    ``layer_builder(function, args, training)``, when given, builds a layer first: it returns
+    the layer's outputs, or None to build the layer as usual
+    (:meth:`.second_order.SecondOrderLayers.build`).
     """
     import nnabla as nn
 
@@ -182,9 +205,10 @@ def build_network(
                     f"{model.path}: layer '{function.name}' reads '{input_name}', which is "
                     "neither a data variable, a parameter nor an earlier layer's output"
                 )
-        if second_order and function.type in SECOND_ORDER_EQUIVALENTS:
+        outputs = layer_builder(function, args, training) if layer_builder else None
+        if outputs is None and second_order and function.type in SECOND_ORDER_EQUIVALENTS:
             outputs = (SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
-        else:
+        if outputs is None:
             outputs = _call_function(function, args, batch_size, network.batch_size, training)
         for output_name, output in zip(function.output, outputs):
             variables[output_name] = output

@@ -21,6 +21,7 @@ import numpy as np
 from .arguments import HVP_METHODS
 from .errors import InfluenceError
 from .graphs import GraphCache, SecondOrderGraph, layers_without_second_order, reaches
+from .second_order import passing_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,18 @@ PassResult = Tuple[np.ndarray, List[np.ndarray]]  # (<v, g_i> per row, sum_i H_i
 
 
 class AutodiffPass:
-    """Both quantities from one forward and one backward pass of s (double backpropagation)."""
+    """Both quantities from one forward and one backward pass of s (double backpropagation).
+
+    With ``fast_layers`` (the default) the layers whose second order nnabla makes slow on the
+    CPU are built by :mod:`.second_order`; with False, nnabla's own throughout (to compare).
+    """
 
     name = "autodiff"
 
-    def __init__(self, graphs: GraphCache) -> None:
+    def __init__(self, graphs: GraphCache, fast_layers: bool = True) -> None:
         self.graphs = graphs
         self.theta = graphs.params.theta
+        self.fast_layers = fast_layers
         self._current: Optional[SecondOrderGraph] = None
 
     def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
@@ -43,9 +49,10 @@ class AutodiffPass:
 
     def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """Forward pass on ``batch``; returns the batch gradient sum_i g_i (a by-product)."""
-        graph = self._current = self.graphs.second_order(_batch_size(batch))
+        graph = self._current = self.graphs.second_order(_batch_size(batch), self.fast_layers)
         graph.feed(batch)
-        graph.directional.forward(clear_no_need_grad=True)
+        with passing_interrupts():
+            graph.directional.forward(clear_no_need_grad=True)
         return [
             g.d.astype(np.float64) if reaches(g, p) else np.zeros(p.shape)
             for g, p in zip(graph.gradients, self.theta)
@@ -62,7 +69,8 @@ class AutodiffPass:
             variable.d = value
         graph.weights.grad.zero()
         self.graphs.params.zero_grad()
-        graph.directional.backward(clear_buffer=True)
+        with passing_interrupts():
+            graph.directional.backward(clear_buffer=True)
         return graph.weights.g.astype(np.float64), self.graphs.params.gradients()
 
 
@@ -179,16 +187,20 @@ def _second_order_problem(autodiff: AutodiffPass) -> Optional[str]:
 
 
 def per_row_reference(
-    graphs: GraphCache, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]
+    graphs: GraphCache,
+    batch: Dict[str, np.ndarray],
+    v: Sequence[np.ndarray],
+    fast_layers: bool = True,
 ) -> PassResult:
     """The loop the batched passes replace: for each row, its gradient and its H_i v.
 
     Each row is selected with one-hot weights inside the whole batch, so the result stays exact
-    for layers that mix rows (BatchNormalization on batch statistics).
+    for layers that mix rows (BatchNormalization on batch statistics). ``fast_layers`` as for
+    :class:`AutodiffPass`.
     """
     params = graphs.params
     n = _batch_size(batch)
-    graph = graphs.second_order(n)
+    graph = graphs.second_order(n, fast_layers)
     graph.feed(batch)
     for variable, value in zip(graph.directions, v):
         variable.d = value

@@ -4,6 +4,9 @@ Everything is generated offline and deterministically from scikit-learn's bundle
 
 * ``build/digits``: 8x8 digits rendered as 28x28 PNG files plus NNC image CSVs.
 * ``build/cancer``: standardized breast-cancer features as NNC tabular CSVs.
+* ``build/digits_rgb``: the same digits as 3x32x32 color PNG files (random foreground and
+  background colors, noise) for the small ResNet, which is trained only briefly: it is there to
+  measure speed on a ResNet-class model with BatchNormalization.
 * ``build/models/<name>``: a ``results.nnp`` laid out like the one NNC writes after training
   (``Main`` / ``MainValidation`` / ``MainRuntime`` networks, optimizer with its state file,
   monitors, executor), trained with nnabla, and a ``metrics.json``.
@@ -42,6 +45,9 @@ NOISE_SEED = 1
 NOISE_FRACTION = 0.1
 IMAGE_SIZE = 28
 DIGITS_SPLIT = (1000, 300)  # train, val; test gets the rest (497)
+DIGITS_RGB_SPLIT = (256, 128, 128)  # train, val, test; the other digits are not used
+RGB_IMAGE_SIZE = 32
+RGB_SEED = 2
 CANCER_SPLIT = (341, 114)  # train, val; test gets the rest (114)
 NNC_MONITOR_INTERVAL = 10
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -54,7 +60,7 @@ class ModelSpec:
     """Recipe of one sample model: data, architecture and training settings."""
 
     name: str
-    dataset: str  # "digits" or "cancer"
+    dataset: str  # "digits", "digits_rgb" or "cancer"
     train_csv: str  # file name inside the dataset folder
     arch: str  # key of ARCHITECTURES
     solver: str  # NNC solver type: "Adam" or "Sgd"
@@ -75,6 +81,8 @@ MODEL_SPECS: Tuple[ModelSpec, ...] = (
         "cancer_logreg_noisy", "cancer", "train_noisy.csv", "logreg", "Sgd", 0.05, 64, 100, 13
     ),
     ModelSpec("cancer_mlp_dropout", "cancer", "train.csv", "mlp_dropout", "Sgd", 0.05, 64, 100, 17),
+    # About 0.48M parameters, 9 BatchNormalization layers; one epoch keeps the build quick.
+    ModelSpec("digits_rgb_resnet", "digits_rgb", "train.csv", "resnet", "Adam", 0.001, 32, 1, 19),
 )
 
 
@@ -167,6 +175,7 @@ def build(force: bool = False, verbose: bool = False) -> Path:
 def _build_all(root: Path, verbose: bool) -> None:
     """Write both datasets and train every model into ``root``."""
     build_digits(root / "digits")
+    build_digits_rgb(root / "digits_rgb")
     build_cancer(root / "cancer")
     for spec in MODEL_SPECS:
         start = time.perf_counter()
@@ -266,6 +275,44 @@ def build_digits(folder: Path) -> None:
             write_noisy_train(folder, frame, "y:label", n_classes=10)
 
 
+def render_color_digit(image: np.ndarray, rng: np.random.RandomState) -> Any:
+    """One 8x8 digit as a 32x32 RGB PIL image: a random light color on a random dark one,
+    with a little noise."""
+    from PIL import Image
+
+    gray = render_digit(image).resize((RGB_IMAGE_SIZE, RGB_IMAGE_SIZE), Image.BILINEAR)
+    ink = np.asarray(gray, dtype=np.float64)[None] / 255.0
+    background = rng.uniform(0.0, 0.45, size=(3, 1, 1))
+    foreground = rng.uniform(0.55, 1.0, size=(3, 1, 1))
+    pixels = (
+        background + (foreground - background) * ink + rng.normal(0.0, 0.03, (3,) + ink.shape[1:])
+    )
+    rgb = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return Image.fromarray(rgb, mode="RGB")
+
+
+def build_digits_rgb(folder: Path) -> None:
+    """Write color versions of some digits (3x32x32 PNG) and their NNC image CSVs."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    train, val, rest = stratified_split(labels, DIGITS_RGB_SPLIT[:2], SPLIT_SEED)
+    rng = np.random.RandomState(RGB_SEED)
+    test = np.sort(rng.choice(rest, size=DIGITS_RGB_SPLIT[2], replace=False))
+    for split, rows in zip(("train", "val", "test"), (train, val, test)):
+        (folder / "images" / split).mkdir(parents=True, exist_ok=True)
+        paths = []
+        for row in rows:
+            relative = f"images/{split}/{row:05d}.png"
+            render_color_digit(digits.images[row], rng).save(folder / relative)
+            paths.append(relative)
+        _write_csv(
+            pd.DataFrame({"x:image": paths, "y:label": labels[rows]}), folder / f"{split}.csv"
+        )
+
+
 def build_cancer(folder: Path) -> None:
     """Write the standardized breast-cancer features as NNC tabular CSVs into ``folder``."""
     import pandas as pd
@@ -294,10 +341,14 @@ def read_dataset(csv_path: Path) -> Arrays:
     if "x:image" in frame.columns:
         from PIL import Image
 
+        with Image.open(csv_path.parent / frame["x:image"][0]) as first:
+            color = first.mode == "RGB"
         images = [
-            np.asarray(Image.open(csv_path.parent / p).convert("L")) for p in frame["x:image"]
+            np.asarray(Image.open(csv_path.parent / p).convert("RGB" if color else "L"))
+            for p in frame["x:image"]
         ]
-        x = np.stack(images)[:, None].astype(np.float32) / 255.0
+        x = np.stack(images).astype(np.float32) / 255.0
+        x = x.transpose(0, 3, 1, 2) if color else x[:, None]
         y = frame["y:label"].to_numpy()
     else:
         x = frame[[c for c in frame.columns if c.startswith("x__")]].to_numpy(np.float32)
@@ -327,6 +378,47 @@ def digits_cnn_body(x: Any, train: bool) -> Any:
     with nn.parameter_scope("Affine"):
         h = F.relu(PF.affine(h, 64))
     with nn.parameter_scope("Affine_2"):
+        return PF.affine(h, 10)
+
+
+class NncNames:
+    """Layer names in the order NNC gives them: ``Convolution``, ``Convolution_2``, ..."""
+
+    def __init__(self) -> None:
+        self.counts: Dict[str, int] = {}
+
+    def __call__(self, layer_type: str) -> str:
+        count = self.counts[layer_type] = self.counts.get(layer_type, 0) + 1
+        return layer_type if count == 1 else f"{layer_type}_{count}"
+
+
+def resnet_body(x: Any, train: bool, widths: Sequence[int] = (32, 64, 128)) -> Any:
+    """A small ResNet for 3x32x32 inputs: Conv-BN-ReLU, then per width (a stride-2 Conv-BN-ReLU
+    from the second on) one residual block Conv-BN-ReLU-Conv-BN + identity, ReLU; global
+    average pooling and Affine. 9 BatchNormalization layers, about 0.48M parameters."""
+    import nnabla as nn
+    import nnabla.functions as F
+    import nnabla.parametric_functions as PF
+
+    names = NncNames()
+
+    def conv_bn(h: Any, channels: int, stride: int = 1, relu: bool = True) -> Any:
+        with nn.parameter_scope(names("Convolution")):
+            h = PF.convolution(
+                h, channels, (3, 3), pad=(1, 1), stride=(stride, stride), with_bias=False
+            )
+        with nn.parameter_scope(names("BatchNormalization")):
+            h = PF.batch_normalization(h, eps=1e-4, batch_stat=train)
+        return F.relu(h) if relu else h
+
+    h = conv_bn(x, widths[0])
+    for index, width in enumerate(widths):
+        if index:
+            h = conv_bn(h, width, stride=2)
+        residual = conv_bn(conv_bn(h, width), width, relu=False)
+        h = F.relu(h + residual)
+    h = F.global_average_pooling(h)
+    with nn.parameter_scope(names("Affine")):
         return PF.affine(h, 10)
 
 
@@ -378,6 +470,7 @@ def loss_function(loss_name: str, output: Any, label: Any) -> Any:
 
 ARCHITECTURES: Dict[str, Tuple[Callable[..., Any], Callable[[Any], Tuple[Any, str, str]]]] = {
     "cnn": (digits_cnn_body, categorical_head),
+    "resnet": (resnet_body, categorical_head),
     "mlp": (tanh_mlp_body, categorical_head),
     "mlp_dropout": (lambda x, train: tanh_mlp_body(x, train, dropout=0.3), categorical_head),
     "logreg": (logreg_body, binary_head),

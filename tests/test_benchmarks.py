@@ -180,6 +180,22 @@ def test_batch_of_one_loop_equals_per_row_reference_without_batchnorm(bench, sam
     assert bench.max_relative_difference(reference, looped) < 1e-4
 
 
+def test_batch_of_one_retrace_scores_the_retraced_rows_and_restores_parameters(bench, samples_dir):
+    from nnabla_sgd_influence.training import retrain
+
+    model = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
+    train = load_dataset(samples_dir / "digits" / "train.csv", model.data_variables)
+    train = train.subset(np.arange(40))
+    graphs = GraphCache(model, ParameterSet(model))
+    run = retrain(graphs, model.solver, train, batch_size=32, seed=0)
+    before = {name: p.d.copy() for name, p in graphs.params.variables.items()}
+    u = bench.random_direction(model, seed=4)
+    scores = bench.batch_of_one_retrace(graphs, train, run, u)
+    assert np.count_nonzero(scores) == 40 and np.all(np.isfinite(scores))
+    for name, p in graphs.params.variables.items():
+        np.testing.assert_array_equal(p.d, before[name])
+
+
 def test_generated_images_load_as_an_nnc_image_dataset(bench, samples_dir, tmp_path):
     sources = [np.full((28, 28), 100, np.uint8), np.zeros((28, 28), np.uint8)]
     rows = bench.generate_images(tmp_path, 5, sources, [3, 8], seed=0)
@@ -238,6 +254,9 @@ def test_bench_speed_quick_run(samples_dir, tmp_path):
     assert float(storage.group(2)) == pytest.approx(8 * float(storage.group(1)), rel=0.01)
     # The pass comparison has its row (speed ratios are the report's, not the test's).
     assert re.search(r"cancer_mlp\s+32\s+[\d.]+x\s+[\d.]+x\s+[\d.e+-]+", report), report
+    # The ResNet sample is in the ratio table, and the trials are compared for the CNNs.
+    assert re.search(r"^digits_rgb_resnet\s+482,730\s+2\s", report, re.MULTILINE), report
+    assert "batch-of-1 method" in report and report.count("whole pass") == 6
     # Memory: the uint8 cache of 2,000 images of 28x28 is 1.57 MB.
     assert re.search(r"^2,000\s.*\s1\.57\s+[\d.]+$", report, re.MULTILINE), report
 

@@ -26,6 +26,7 @@ from nnabla_sgd_influence.graphs import GraphCache
 from nnabla_sgd_influence.hvp import AutodiffPass, per_row_reference
 from nnabla_sgd_influence.model import load_model
 from nnabla_sgd_influence.parameters import ParameterSet
+from nnabla_sgd_influence.second_order import equivalents
 from nnabla_sgd_influence.training import batch_order
 
 LOSS_LAYERS = ("CategoricalCrossEntropy", "SoftmaxCrossEntropy")
@@ -124,8 +125,8 @@ def test_rewritten_losses_equal_nnabla_layers(shape, axis):
         rng.randint(0, shape[axis], size=target_shape).astype(np.float32)
     )
     pairs = [
-        (F.categorical_cross_entropy(x, t, axis=axis), second_order.categorical_cross_entropy),
-        (F.softmax_cross_entropy(x, t, axis=axis), second_order.softmax_cross_entropy),
+        (F.categorical_cross_entropy(x, t, axis=axis), equivalents.categorical_cross_entropy),
+        (F.softmax_cross_entropy(x, t, axis=axis), equivalents.softmax_cross_entropy),
     ]
     for native, rewritten in pairs:
         ours = rewritten(x, t, axis)
@@ -142,7 +143,7 @@ def test_categorical_cross_entropy_keeps_nnabla_clamp():
     x = nn.Variable.from_numpy_array(np.array([[0.0, 1.0]], np.float32))
     t = nn.Variable.from_numpy_array(np.array([[0.0]], np.float32))
     native = F.categorical_cross_entropy(x, t, axis=1)
-    ours = second_order.categorical_cross_entropy(x, t, 1)
+    ours = equivalents.categorical_cross_entropy(x, t, 1)
     native.forward()
     ours.forward()
     assert np.isfinite(ours.d).all()
@@ -153,7 +154,7 @@ def test_mask_refuses_a_target_of_another_shape():
     import nnabla as nn
 
     with pytest.raises(ValueError, match="does not fit"):
-        second_order.one_hot_mask(nn.Variable((4, 3)), nn.Variable((4, 2)), 1)
+        equivalents.one_hot_mask(nn.Variable((4, 3)), nn.Variable((4, 2)), 1)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Layers written for the second-order pass so that nnabla can differentiate them twice.
+"""Layers written for the second-order pass so that nnabla can differentiate them at all.
 
 :data:`SECOND_ORDER_EQUIVALENTS` maps a layer type to a builder ``(function_proto, inputs) ->
 output`` computing the same values; :mod:`.graphs` uses it when it builds a second-order graph.

@@ -1,0 +1,15 @@
+"""How the second-order pass builds layers that nnabla cannot, or only slowly, differentiate twice.
+
+* :mod:`.equivalents`: layers nnabla cannot differentiate twice, as layers that compute the same
+  values and can be (DepthwiseConvolution as a grouped Convolution; CategoricalCrossEntropy and
+  SoftmaxCrossEntropy at any shape, batch size 1 included). Always used.
+* :mod:`.layers`: layers whose second order is slow in nnabla on the CPU, written in closed form
+  with numpy (BatchNormalization on batch statistics, ReLU and MaxPooling keeping their masks,
+  Tanh/Sigmoid and Convolution's bias), used inside :class:`SecondOrderLayers`
+  (``fast_layers``; equal to nnabla's own to float32 rounding, and not used under cudnn).
+"""
+
+from .equivalents import SECOND_ORDER_EQUIVALENTS
+from .layers import SecondOrderLayers, passing_interrupts
+
+__all__ = ["SECOND_ORDER_EQUIVALENTS", "SecondOrderLayers", "passing_interrupts"]
