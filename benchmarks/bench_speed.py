@@ -92,10 +92,14 @@ class Settings:
     train_rows: Optional[int]  # rows of the storage runs; None: the whole training set
     heavy_repeats: int  # repetitions for the ResNet-class model (seconds per step)
     heavy_rows: Optional[int]  # its training and validation rows; None: all of them
+    rows: Optional[int] = None  # every model's training and validation rows; None: all
+    models: Optional[Tuple[str, ...]] = None  # the models measured; None: every one
 
 
 FULL = Settings(3, (8, 32, 128), 20.0, (2000, 20000), None, None, 1, None)
 QUICK = Settings(1, (8, 32), 0.0, (400, 2000), 5, 256, 1, 64)
+# The least that runs every section (the test suite's run; its numbers mean nothing).
+SMOKE = Settings(1, (8,), 0.0, (64, 128), 1, 64, 1, 32, 64, ("digits_cnn", "cancer_mlp"))
 
 
 @dataclass(frozen=True)
@@ -148,9 +152,12 @@ def load_case(
     val = load_dataset(
         case.data / "val.csv", model.data_variables, model.normalize_images, role="input-val"
     )
+    rows = None if settings is None else settings.rows
     if case.heavy and settings is not None and settings.heavy_rows is not None:
-        train = train.subset(np.arange(settings.heavy_rows))
-        val = val.subset(np.arange(min(settings.heavy_rows, len(val))))
+        rows = settings.heavy_rows
+    if rows is not None:
+        train = train.subset(np.arange(min(rows, len(train))))
+        val = val.subset(np.arange(min(rows, len(val))))
     return model, train, val
 
 
@@ -543,7 +550,7 @@ def time_pass_variants(
 
 def pass_speedup_rows(case: ModelCase, settings: Settings) -> List[List[str]]:
     """Batched pass vs the per-row reference and the batch-of-1 loop, per batch size."""
-    model, train, _ = load_case(case)
+    model, train, _ = load_case(case, settings)
     graphs = new_graphs(model)
     step_pass = AutodiffPass(graphs)
     one_row = one_row_graph(graphs)
@@ -644,11 +651,11 @@ def training_step_seconds(model: NnpModel, train: Dataset, size: int, repeats: i
 def profile_rows(case: ModelCase, settings: Settings, shown: int = 5) -> List[List[str]]:
     """The functions taking the largest share of one batched pass at batch 32, with nnabla's
     own second order (before) and with this package's layers (now)."""
-    model, train, _ = load_case(case)
+    model, train, _ = load_case(case, settings)
     graphs = new_graphs(model)
     batch = train.batch(np.arange(BATCH_SIZE))
     v = random_direction(model, SEED)
-    repeats = case.repeats(settings) if case.heavy else max(settings.repeats, 3)
+    repeats = case.repeats(settings) if case.heavy or settings.rows else max(settings.repeats, 3)
     step = training_step_seconds(model, train, BATCH_SIZE, settings.repeats)
     rows = []
     for version, fast in (("before", False), ("now", True)):
@@ -695,7 +702,7 @@ def stored_bytes(model: NnpModel, train, val: Dataset, mode: str) -> Tuple[int, 
 
 def storage_rows(case: ModelCase, settings: Settings) -> List[List[str]]:
     """Measured bytes of both modes, and their extrapolation to one epoch of MNIST."""
-    model, train, val = load_case(case)
+    model, train, val = load_case(case, settings)
     data = train if settings.train_rows is None else train.subset(np.arange(settings.train_rows))
     last, steps = stored_bytes(model, data, val, "last")
     exact, _ = stored_bytes(model, data, val, "exact")
@@ -955,7 +962,9 @@ def report_memory(report: Report, samples: Path, settings: Settings) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller, faster measurements")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller, faster measurements")
+    size.add_argument("--smoke", action="store_true", help="the least that runs every section")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_OUTPUT, help="folder of bench_speed.txt"
     )
@@ -978,14 +987,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.child_memory:
         print(json.dumps(memory_run(*args.child_memory, args.retrace_steps)))
         return 0
-    settings = QUICK if args.quick else FULL
+    settings = SMOKE if args.smoke else QUICK if args.quick else FULL
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
     started = time.perf_counter()
     samples = samples_dir()
-    cases = model_cases(samples)
+    cases = [
+        c for c in model_cases(samples) if settings.models is None or c.name in settings.models
+    ]
     by_name = {case.name: case for case in cases}
     report = Report()
     report.add(
-        f"SGD-Influence speed benchmark ({'quick' if args.quick else 'full'} run; "
+        f"SGD-Influence speed benchmark ({size} run; "
         f"{os.cpu_count()} CPU cores; ratios measured in this run)"
     )
     if not NNC_MODEL.is_file():
