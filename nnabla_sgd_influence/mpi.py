@@ -21,21 +21,16 @@ is its local rank unless ``--device-id`` is given).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .environment import launched
+
 log = logging.getLogger(__name__)
 
-# What the common launchers put in each rank's environment: (size, rank, local rank).
-_LAUNCHER_VARIABLES = (
-    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),  # Open MPI
-    ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),  # MPICH, Intel MPI, MS-MPI
-    ("PMIX_SIZE", "PMIX_RANK", "PMIX_LOCAL_RANK"),
-)
 BATCH_COUPLING_LAYERS = ("BatchNormalization", "FusedBatchNormalization")
 
 
@@ -64,21 +59,6 @@ class World:
             out.append(summed[offset : offset + size].reshape(shape))
             offset += size
         return out
-
-
-def launched() -> Tuple[int, int, int]:
-    """(size, rank, local rank) that an MPI launcher gave this process; (1, 0, 0) if none."""
-    for size, rank, local in _LAUNCHER_VARIABLES:
-        if size in os.environ:
-            try:
-                return (
-                    int(os.environ[size]),
-                    int(os.environ.get(rank, "0")),
-                    int(os.environ.get(local, os.environ.get(rank, "0"))),
-                )
-            except ValueError:
-                continue
-    return 1, 0, 0
 
 
 def world() -> Optional[World]:

@@ -25,9 +25,11 @@ from .compat import warn_if_untested_nnabla
 from .context import NNTXT_NAME, resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
-from .errors import InfluenceError
+from .errors import InfluenceError, RunStopped
 from .graphs import RANDOM_LAYERS
 from .model import NnpModel, load_model
+from .mpi import launched
+from .mpi import world as mpi_world
 from .output import write_image_csv, write_step_log, write_tabular_csv
 from .paths import check_outputs, check_temporary_parent, image_inputs, rebase_image_cells
 from .progress import BarProgress, Progress
@@ -53,7 +55,7 @@ class RunSettings:
     output: Path
     kind: str  # "image" or "tabular"
     context: Optional[str] = None
-    device_id: str = "0"
+    device_id: Optional[str] = None  # None: 0, or an MPI rank's local rank
     temp_dir: Optional[Path] = None  # None: beside the output, not on the system drive
     keep_temp: bool = False
     step_log: bool = False
@@ -61,6 +63,7 @@ class RunSettings:
     remove_top: int = 0  # > 0: also write the training CSV without that many harmful rows
     tile: int = 0  # > 0: also draw that many of the most harmful images (image plugin)
     tile_helpful: bool = False  # ... and as many of the most helpful
+    workers: Optional[int] = None  # processes for the trials; None: one per physical core
 
     def outputs(self) -> Labelled:
         """Every file the run writes, each checked against what it reads before any work."""
@@ -88,13 +91,21 @@ class Summary:
 
 def run(
     settings: RunSettings, arguments: InfluenceArguments, progress: Optional[Progress] = None
-) -> Summary:
-    """Score every row of ``settings.input_train`` and write the outputs (bars by default)."""
+) -> Optional[Summary]:
+    """Score every row of ``settings.input_train`` and write the outputs (bars by default).
+
+    Under ``mpirun`` every rank runs this: rank 0 checks and loads the inputs and hands them
+    to the others, all share the work, rank 0 writes; the other ranks return None.
+    """
     start = time.perf_counter()
-    check_settings(settings)
-    warn_if_untested_nnabla(log)
-    resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
-    model, train, val = load_inputs(settings)
+    world = mpi_world()
+    if world is None and launched()[0] > 1:
+        if launched()[1] != 0:
+            return None  # mpirun without mpi4py: rank 0 does the whole run (and says so)
+        log.warning("mpi4py is not installed: the whole run is rank 0's (pip install mpi4py)")
+    if world is not None and world.rank != 0:
+        return _run_other_rank(settings, arguments, world)
+    model, train, val = _checked_inputs(settings, world)
     log.info(
         "scoring %d training rows against %d validation rows, %d trial(s), batch size %d",
         len(train),
@@ -111,6 +122,7 @@ def run(
         device_id=settings.device_id,
         temp_dir=temp_parent(settings),
         keep_temp=settings.keep_temp,
+        workers=settings.workers,
         progress=BarProgress() if progress is None else progress,
     )
     written = write_outputs(settings, train, result)
@@ -131,6 +143,52 @@ def run(
 
     nnabla.logger.log(99, COMPLETION_MESSAGE)
     return summary
+
+
+def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
+    """Everything checked and loaded (on rank 0, which then hands the inputs to the others)."""
+    try:
+        check_settings(settings)
+        warn_if_untested_nnabla(log)
+        resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
+        inputs = load_inputs(settings)
+    except BaseException as error:
+        if world is not None:  # every rank stops; rank 0 alone says why
+            world.comm.bcast(("stop", _exit_code(error)), root=0)
+        raise
+    if world is not None:
+        world.comm.bcast(("go", inputs), root=0)
+    return inputs
+
+
+def _exit_code(error: BaseException) -> int:
+    if isinstance(error, InfluenceError):
+        return 1
+    if isinstance(error, KeyboardInterrupt):
+        return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
+    return 2
+
+
+def _run_other_rank(settings: RunSettings, arguments: InfluenceArguments, world) -> None:
+    """A rank other than 0: wait for the inputs rank 0 checked, then take its share."""
+    logging.getLogger("nnabla_sgd_influence").setLevel(logging.WARNING)
+    kind, payload = world.comm.bcast(None, root=0)
+    if kind == "stop":
+        raise RunStopped(payload)
+    model, train, val = payload
+    parent = temp_parent(settings)
+    compute_influence(
+        model,
+        train,
+        val,
+        **dataclasses.asdict(arguments),
+        context=settings.context,
+        device_id=settings.device_id,
+        temp_dir=parent if parent.is_dir() else None,  # another machine may not have it
+        keep_temp=settings.keep_temp,
+        progress=False,
+    )
+    return None
 
 
 def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
