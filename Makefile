@@ -52,6 +52,7 @@ test-slow: samples
 
 bench: samples
 	@$(PY) benchmarks/bench_speed.py
+	@$(PY) benchmarks/bench_parallel.py
 
 cleansing: samples
 	@$(PY) benchmarks/cleansing.py

@@ -292,3 +292,12 @@ def test_cleansed_retraining_smoke_run(samples_dir, tmp_path):
     for cell in row[4:6]:
         assert 50.0 < float(cell.split(" ± ")[0]) <= 100.0
     assert (tmp_path / "cleansed" / "cancer_logreg_noisy_influence_cleansed.csv").is_file()
+
+
+def test_bench_parallel_smoke_run(samples_dir, tmp_path):
+    """The three ways run and write the same bytes (speed-ups at 64 rows mean nothing)."""
+    stdout = _run("bench_parallel.py", tmp_path, "--smoke")
+    assert (tmp_path / "bench_parallel.txt").read_text(encoding="utf-8") == stdout
+    assert "CSVs byte-identical across the runs: digits_cnn yes" in stdout
+    for way in ("1 process", "2 workers", "2 MPI ranks"):
+        assert re.search(rf"{way}\s+[\d.]+\s+[\d.]+x\s+[\d.]+$", stdout, re.MULTILINE), stdout
