@@ -3,7 +3,7 @@
 Sections of the report (printed, and written to ``benchmarks/output/bench_speed.txt``):
 
 1. retrace time / retraining time of the same epoch (1 epoch, batch 32, mode ``last``) per
-   model, with the batched autodiff pass as it is (``second_order.py``'s layers) and with
+   model, with the batched autodiff pass as it is (``second_order/``'s layers) and with
    nnabla's own second order ("before"), and with the finite-difference pass; target <= 4;
    then a whole trial (retrain + query + retrace) against the method of NNC's original plugin
    (a batch-of-1 forward/backward per row, no Hessian term), for the CNNs;
@@ -682,7 +682,7 @@ def report_profiles(report: Report, cases: Sequence[ModelCase], settings: Settin
     report.add(
         "   x train step: seconds / one forward+backward of the training loss at the same batch.",
         "   before: nnabla's own second order; BatchNormalizationBackward in the backward of s is",
-        "   its CPU second-order backward of BatchNormalization. now: with second_order.py's",
+        "   its CPU second-order backward of BatchNormalization. now: with second_order/'s",
         "   layers (SecondOrder* functions). Convolution, ConvolutionDataGrad and",
         "   ConvolutionFilterGrad are nnabla's kernels in both.",
     )

@@ -4,8 +4,10 @@ Each plugin script runs as a separate process, exactly as a user would type it. 
 have 10% of their training labels flipped on purpose (``flipped_train_noisy.csv`` lists them),
 so a good ranking puts flipped rows among the most harmful ones.
 
-To stay quick the demo uses one trial (``-nt 1``); the image plugin's default is 6 trials,
-whose average is steadier. Output goes to ``demo_output/``.
+To stay quick the demo uses two trials (``-nt 2``, one per core); the image plugin's default is
+6 trials, whose average is steadier. Each run also writes the training CSV without its worst
+rows (``--remove_top``: as many as were flipped) and, for the images, a tile of the worst ones
+(``--tile 32``). Output goes to ``demo_output/``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = REPO / "demo_output"
@@ -34,6 +36,7 @@ class Case:
     data: str  # dataset folder, relative to samples/build
     label_column: str  # in the training CSV
     output: str  # file name in demo_output/
+    extra: Tuple[str, ...] = ()  # further options of the plugin
 
 
 CASES = [
@@ -44,6 +47,7 @@ CASES = [
         "digits",
         "y:label",
         "digits_influence.csv",
+        ("--remove_top", "100", "--tile", "32"),
     ),
     Case(
         "Tabular plugin: breast-cancer features, 10% of the labels flipped",
@@ -52,6 +56,7 @@ CASES = [
         "cancer",
         "y",
         "cancer_influence.csv",
+        ("--remove_top", "34"),
     ),
 ]
 
@@ -88,7 +93,8 @@ def run_plugin(case: Case, samples: Path) -> float:
         "-o",
         relative(OUTPUT_DIR / case.output),
         "-nt",
-        "1",
+        "2",
+        *case.extra,
     ]
     print("$ " + " ".join([relative(Path(sys.executable)), *command[1:]]), flush=True)
     start = time.perf_counter()
@@ -124,12 +130,16 @@ def report(case: Case, samples: Path, seconds: float) -> None:
         f"Flipped rows among the {k} most harmful: {found} of {k} "
         f"(a random order would find about {chance:.0f})"
     )
+    stem = OUTPUT_DIR / Path(case.output).stem
+    for suffix in ("_cleansed.csv", "_tile.png"):
+        if Path(f"{stem}{suffix}").is_file():
+            print(f"Also written: {relative(Path(f'{stem}{suffix}'))}")
 
 
 def main() -> int:
     samples = build_samples()
     OUTPUT_DIR.mkdir(exist_ok=True)
-    print("Demo: SGD-Influence on samples with known label noise (one trial each, -nt 1).")
+    print("Demo: SGD-Influence on samples with known label noise (two trials each, -nt 2).")
     timings = []
     for case in CASES:
         print(f"\n=== {case.title} ===", flush=True)

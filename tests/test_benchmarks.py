@@ -1,4 +1,4 @@
-"""The benchmark scripts: their building blocks on hand-made inputs, and both ``--quick`` runs."""
+"""The benchmark scripts: their building blocks on hand-made inputs, and their ``--smoke`` runs."""
 
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ def test_per_thousand_growth(bench):
 
 
 # --------------------------------------------------------------------------------------
-# Both scripts, --quick, as a user runs them
+# Every script, --smoke, as a user runs it
 
 
 def _run(script: str, output: Path, size: str = "--quick") -> str:

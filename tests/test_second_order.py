@@ -1,4 +1,4 @@
-"""The second-order layers of ``second_order.py`` against nnabla's own autodiff.
+"""The second-order layers of ``second_order/`` against nnabla's own autodiff.
 
 Each hand-made graph is built twice, with nnabla's BatchNormalization / ReLU / MaxPooling and
 with this package's, and the three quantities of the batched pass are compared: the batch

@@ -1,9 +1,10 @@
 """Batches of one row: the second-order pass for the four classification losses.
 
 nnabla's own second-order backward of CategoricalCrossEntropy and SoftmaxCrossEntropy drops an
-axis of size 1, the batch axis included (see ``second_order.py``); these layers are rewritten in
-second-order graphs. Checked against nnabla's layers, its first-order gradient, the per-row
-reference, nnabla's own second-order backward where it works, and leave-one-out retraining.
+axis of size 1, the batch axis included (see ``second_order/equivalents.py``); these layers are
+rewritten in second-order graphs. Checked against nnabla's layers, its first-order gradient,
+the per-row reference, nnabla's own second-order backward where it works, and leave-one-out
+retraining.
 """
 
 from __future__ import annotations
