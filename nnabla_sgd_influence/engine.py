@@ -67,9 +67,7 @@ def run_trial(
     graphs = GraphCache(model, params)
     step_pass = create_pass(graphs, arguments.hvp)
     if shard is not None:
-        from .mpi import ShardedPass
-
-        step_pass = ShardedPass(step_pass, shard)
+        step_pass = shard.sharded(step_pass)
     with _working_folder(workdir, arguments.mode) as folder:
         run = retrain(
             graphs,

@@ -60,6 +60,10 @@ class World:
             offset += size
         return out
 
+    def sharded(self, step_pass) -> ShardedPass:
+        """``step_pass`` over this rank's share of each batch, its sums over all ranks."""
+        return ShardedPass(step_pass, self)
+
 
 def world() -> Optional[World]:
     """The MPI job this process is a rank of, or None (no launcher, one rank, or no mpi4py)."""

@@ -17,7 +17,6 @@ from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .results import ranking
 from .signals import checkpoints
 from .staging import StagedOutputs, staged_outputs
 
@@ -27,6 +26,13 @@ IMAGE_HEADER = ["x:image", "y:label", "influence", "datasource_index"]
 TABULAR_HEADER = ["index", "influence", "datasource_index"]
 STEP_LOG_HEADER = ["epoch", "step", "iteration", "learning_rate", "rows"]
 SPREAD_COLUMN = "influence_std"  # standard deviation over the trials, after NNC's columns
+
+
+def ranking(scores: np.ndarray) -> np.ndarray:
+    """Row indices by ascending influence, the order of the ranked CSVs; ties keep the rows'
+    order (deterministic)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.lexsort((np.arange(len(scores)), scores))
 
 
 def format_float(value: float) -> str:

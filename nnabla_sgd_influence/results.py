@@ -9,6 +9,8 @@ from typing import List, Optional, Union
 
 import numpy as np
 
+from .output import ranking
+
 
 @dataclass
 class InfluenceResult:
@@ -84,9 +86,3 @@ class InfluenceResult:
         if self.dataset is None or not hasattr(self.dataset, "csv_format"):
             raise ValueError("this result was computed on data that was not read from a CSV")
         return self.dataset
-
-
-def ranking(scores: np.ndarray) -> np.ndarray:
-    """Row indices by ascending influence; ties keep the rows' order (deterministic)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return np.lexsort((np.arange(len(scores)), scores))
