@@ -86,28 +86,16 @@ def compute_influence(
     import nnabla as nn
 
     context_object = select_context(context, device_id)
-    scope = nn.context_scope(context_object)
+    for_workers = ("cudnn" if "cudnn" in str(context_object.backend) else "cpu", device_id)
     folder = workspace(None if temp_dir is None else Path(temp_dir), keep=keep_temp)
-    shown = as_progress(progress)
-    with scope, folder as path:
+    with nn.context_scope(context_object), folder as path:
+        inputs = (model, train, val, arguments, path)
+        options = dict(keep_temp=keep_temp, progress=as_progress(progress))
         if world is not None:
-            return run_trials_over_mpi(
-                model, train, val, arguments, path, world, keep_temp=keep_temp, progress=shown
-            )
+            return run_trials_over_mpi(*inputs, world, **options)
         if workers > 1:
-            name = "cudnn" if "cudnn" in str(context_object.backend) else "cpu"
-            return run_trials_in_processes(
-                model,
-                train,
-                val,
-                arguments,
-                path,
-                workers=workers,
-                context=(name, device_id),
-                keep_temp=keep_temp,
-                progress=shown,
-            )
-        return run_trials(model, train, val, arguments, path, keep_temp=keep_temp, progress=shown)
+            return run_trials_in_processes(*inputs, workers=workers, context=for_workers, **options)
+        return run_trials(*inputs, **options)
 
 
 def _dataset(source: Union[PathLike, Dataset], model: NnpModel, role: str) -> Dataset:
