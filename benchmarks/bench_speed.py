@@ -909,6 +909,11 @@ def memory_row(result: Dict) -> List[str]:
     ]
 
 
+def _ratio(growth: float, base: float) -> str:
+    """growth / base, or "n/a" when the base did not grow (a small run, RSS counted in pages)."""
+    return f"{growth / base:.2f}" if base > 0 else "n/a"
+
+
 def report_memory(report: Report, samples: Path, settings: Settings) -> None:
     small_count, large_count = settings.image_counts
     report.add(
@@ -945,8 +950,8 @@ def report_memory(report: Report, samples: Path, settings: Settings) -> None:
         f"   per 1,000 extra images: peak RSS +{peak:.2f} MB; load_dataset RSS +{load:.2f} MB =",
         f"   uint8 image cache {cache:.2f} (784 B/image) + pandas CSV table {table:.2f}"
         f" + rest {load - cache - table:.2f} (each row's image path, kept for the output)",
-        f"   peak growth / image cache = {peak / cache:.2f}; peak growth / load growth = "
-        f"{peak / load:.2f}",
+        f"   peak growth / image cache = {_ratio(peak, cache)}; peak growth / load growth = "
+        f"{_ratio(peak, load)}",
         f"   batch {MEMORY_BATCH_SIZE} divides both counts, so both runs build the same graphs.",
     )
     if settings.retrace_steps is not None:

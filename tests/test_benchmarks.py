@@ -144,6 +144,12 @@ def test_rank_correlation_and_relative_difference(bench):
     assert bench.max_relative_difference(result, shifted) == pytest.approx(0.1)
 
 
+def test_memory_ratio_without_growth_is_not_a_number(bench):
+    # A small run may load without a page of RSS growth: no division by zero.
+    assert bench._ratio(1.3, 0.0) == "n/a"
+    assert bench._ratio(1.0, 0.5) == "2.00"
+
+
 def test_median_seconds_respects_repeats_and_budget(bench):
     calls: List[int] = []
     bench.median_seconds(lambda: calls.append(1), repeats=3, budget=1e9)
