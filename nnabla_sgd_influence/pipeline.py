@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 from . import signals
 from .api import compute_influence
 from .arguments import InfluenceArguments
-from .cleansing import Counts, check_remove_top, cleansed_path
+from .cleansing import check_remove_top, cleansed_path
 from .compat import warn_if_untested_nnabla
 from .context import NNTXT_NAME, resolve_context
 from .csvfile import check_encoding
@@ -77,22 +77,11 @@ class RunSettings:
         return paths
 
 
-@dataclass
-class Summary:
-    """What a finished run produced."""
-
-    rows: int
-    seconds: float
-    output: Path
-    hvp_method: str
-    counts: Counts
-    written: List[Path]  # every file written, the output first
-
-
 def run(
     settings: RunSettings, arguments: InfluenceArguments, progress: Optional[Progress] = None
-) -> Optional[Summary]:
-    """Score every row of ``settings.input_train`` and write the outputs (bars by default).
+) -> Optional[InfluenceResult]:
+    """Score every row of ``settings.input_train``, write the outputs (bars by default) and
+    return the result.
 
     Under ``mpirun`` every rank runs this: rank 0 checks and loads the inputs and hands them
     to the others, all share the work, rank 0 writes; the other ranks return None.
@@ -125,24 +114,20 @@ def run(
         workers=settings.workers,
         progress=BarProgress() if progress is None else progress,
     )
-    written = write_outputs(settings, train, result)
+    write_outputs(settings, train, result)
     counts = result.counts(settings.remove_top or SUMMARY_TOP)
-    seconds = time.perf_counter() - start
-    summary = Summary(
-        len(train), seconds, Path(settings.output), result.hvp_method, counts, written
-    )
     log.info(
         "scored %d rows in %.1f s (Hessian-vector products: %s); ranking written to %s",
-        summary.rows,
-        summary.seconds,
-        summary.hvp_method,
-        os.path.abspath(summary.output),
+        len(train),
+        time.perf_counter() - start,
+        result.hvp_method,
+        os.path.abspath(settings.output),
     )
     log.info("%s", counts.describe(result.n_trials))
     import nnabla  # a signal from here on is ignored: the outputs are in place
 
     nnabla.logger.log(99, COMPLETION_MESSAGE)
-    return summary
+    return result
 
 
 def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
