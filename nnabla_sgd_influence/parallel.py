@@ -30,6 +30,10 @@ from .signals import checkpoint
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # how often the parent looks for a signal or a dead worker
+OUT_OF_MEMORY = (
+    "out of memory in a worker process: the input is too large for this machine with this "
+    "many --workers (each holds its own copy of the data)"
+)
 
 
 def physical_cores() -> int:
@@ -129,6 +133,9 @@ def _work(work: _Work, tasks, events) -> None:
             except InfluenceError as error:
                 events.put(("error", index, "bad input", str(error)))
                 return
+            except MemoryError:
+                events.put(("error", index, "bad input", OUT_OF_MEMORY))
+                return
             except Exception as error:  # reported by the parent as the bug it is
                 events.put(("error", index, type(error).__name__, str(error)))
                 return
@@ -197,14 +204,28 @@ def _collect(processes, events, n_trials: int, display) -> List:
 
 
 def _check_alive(processes, results: Dict, n_trials: int) -> None:
+    """A worker the system ended (the out-of-memory killer, a kill) ends the run on one line."""
     for process in processes:
         if process.exitcode not in (None, 0):
-            raise RuntimeError(
-                f"a worker process ended with exit code {process.exitcode} "
-                f"({len(results)} of {n_trials} trials done)"
+            raise InfluenceError(
+                f"a worker process {_how_it_ended(process.exitcode)} after {len(results)} of "
+                f"{n_trials} trials; if the system ran out of memory, use fewer --workers "
+                "(each holds its own copy of the data)"
             )
     if all(p.exitcode == 0 for p in processes) and len(results) < n_trials:
         raise RuntimeError("the worker processes ended before every trial was done")
+
+
+def _how_it_ended(exitcode: int) -> str:
+    if exitcode >= 0:
+        return f"ended with exit code {exitcode}"
+    import signal
+
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f"was killed by {name}"
 
 
 def _raise(index: Optional[int], kind: str, message: str) -> None:

@@ -109,3 +109,43 @@ def test_ctrl_c_ends_every_worker_and_leaves_nothing(samples_dir, tmp_path):
             break
         time.sleep(0.1)
     assert left.stdout.strip() == "", f"processes were left running: {left.stdout}"
+
+
+def test_a_killed_worker_ends_the_run_on_one_line(samples_dir, tmp_path):
+    """A worker the system kills (as the out-of-memory killer does): exit 1, nothing left."""
+    cancer = samples_dir / "cancer"
+    temp, out = tmp_path / "temp", tmp_path / "out"
+    temp.mkdir()
+    out.mkdir()
+    args = [
+        "-m", samples_dir / "models" / "cancer_mlp" / "results.nnp", "-t", cancer / "train.csv",
+        "-v", cancer / "val.csv", "-o", out / "o.csv", "-nt", 6, "--workers", 2, "-bs", 8,
+        "--mode", "exact", "--epochs", 3, "--temp-dir", temp,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(TABULAR_SCRIPT), *map(str, args)],
+        cwd=REPO,
+        env=plugin_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(temp.glob("sgd_influence_*/trial_*")):
+            time.sleep(0.05)
+        workers = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-f", "spawn_main"], capture_output=True, text=True
+        ).stdout.split()
+        assert workers, "no worker process found"
+        os.kill(int(workers[0]), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1, stderr[-2000:]
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: a worker process was killed by SIGKILL")
+    assert "fewer --workers" in lines[0] and "Traceback" not in stderr
+    assert list(temp.iterdir()) == [] and list(out.iterdir()) == []
