@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 import logging
 import sys
-import zipfile
 from pathlib import Path
 
 import nnabla as nn
@@ -17,6 +16,7 @@ import nnabla.utils.load_function
 import numpy as np
 import pytest
 from nnabla.utils import nnabla_pb2
+from test_model import _rewrite as _rewrite_nntxt
 
 from nnabla_sgd_influence import cli, compat, solvers
 from nnabla_sgd_influence.errors import InfluenceError
@@ -226,16 +226,6 @@ def test_without_registry_no_layer_is_suspected(samples_dir, monkeypatch):
 
 # --------------------------------------------------------------------------------------
 # Solvers and fields a release does not know
-
-
-def _rewrite_nntxt(source: Path, target: Path, edit) -> Path:
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename.endswith(".nntxt"):
-                data = edit(data.decode()).encode()
-            dst.writestr(item.filename, data)
-    return target
 
 
 def test_lion_loads_where_nnabla_has_it_and_is_explained_where_not(samples_dir, tmp_path):

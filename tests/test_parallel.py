@@ -66,8 +66,8 @@ def test_default_workers_are_bounded_by_cores_and_trials():
         assert cores <= len(os.sched_getaffinity(0))
 
 
-def test_ctrl_c_ends_every_worker_and_leaves_nothing(samples_dir, tmp_path):
-    """SIGINT to the whole process group, as a terminal sends it."""
+def _start_workers_run(samples_dir: Path, tmp_path: Path):
+    """The tabular plugin on 2 workers (6 trials, mode exact), once a trial has its folder."""
     cancer = samples_dir / "cancer"
     temp, out = tmp_path / "temp", tmp_path / "out"
     temp.mkdir()
@@ -86,10 +86,16 @@ def test_ctrl_c_ends_every_worker_and_leaves_nothing(samples_dir, tmp_path):
         text=True,
         start_new_session=True,  # its own process group, to signal like a terminal does
     )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(temp.glob("sgd_influence_*/trial_*")):
+        time.sleep(0.05)
+    return process, temp, out
+
+
+def test_ctrl_c_ends_every_worker_and_leaves_nothing(samples_dir, tmp_path):
+    """SIGINT to the whole process group, as a terminal sends it."""
+    process, temp, out = _start_workers_run(samples_dir, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(temp.glob("sgd_influence_*/trial_*")):
-            time.sleep(0.05)
         time.sleep(0.5)
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
@@ -113,28 +119,8 @@ def test_ctrl_c_ends_every_worker_and_leaves_nothing(samples_dir, tmp_path):
 
 def test_a_killed_worker_ends_the_run_on_one_line(samples_dir, tmp_path):
     """A worker the system kills (as the out-of-memory killer does): exit 1, nothing left."""
-    cancer = samples_dir / "cancer"
-    temp, out = tmp_path / "temp", tmp_path / "out"
-    temp.mkdir()
-    out.mkdir()
-    args = [
-        "-m", samples_dir / "models" / "cancer_mlp" / "results.nnp", "-t", cancer / "train.csv",
-        "-v", cancer / "val.csv", "-o", out / "o.csv", "-nt", 6, "--workers", 2, "-bs", 8,
-        "--mode", "exact", "--epochs", 3, "--temp-dir", temp,
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, str(TABULAR_SCRIPT), *map(str, args)],
-        cwd=REPO,
-        env=plugin_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    process, temp, out = _start_workers_run(samples_dir, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not list(temp.glob("sgd_influence_*/trial_*")):
-            time.sleep(0.05)
         workers = subprocess.run(
             ["pgrep", "-P", str(process.pid), "-f", "spawn_main"], capture_output=True, text=True
         ).stdout.split()
