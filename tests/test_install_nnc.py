@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from plugin_helpers import COMPLETION, REPO, read_csv
 
-from nnabla_sgd_influence.errors import InfluenceError
+from nnabla_sgd_influence.errors import InfluenceError, excerpt
 from nnabla_sgd_influence.install_nnc import RECORD, install, uninstall
 
 XAI = Path("libs", "plugins", "_Post_Process", "_XAI")
@@ -114,6 +114,302 @@ def test_not_an_nnc_folder(tmp_path):
     )
     assert completed.returncode == 1
     assert completed.stderr.startswith("error: ") and len(completed.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------
+# A tampered record, planted links, folders: only the installer's own paths are touched
+
+OUTSIDE_CANARY = b"a file outside the NNC tree\n"
+
+
+def tree_listing(root: Path) -> dict:
+    """Every entry below ``root``, links not followed: folders, links (with their targets) and
+    files (with their SHA-256), so that two listings are equal only if nothing changed."""
+    found = {}
+    for folder, folders, files in os.walk(root):
+        for name in folders + files:
+            path = Path(folder, name)
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[relative] = "link to " + os.readlink(path)
+            elif path.is_dir():
+                found[relative] = "folder"
+            else:
+                found[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def outside_tree(tmp_path: Path) -> Path:
+    """Beside the NNC folder: a file, an empty folder, and a folder of bytecode only, each of
+    which a wrong path in the record would let the installer remove."""
+    outside = tmp_path / "outside"
+    (outside / "empty").mkdir(parents=True)
+    (outside / "cache" / "__pycache__").mkdir(parents=True)
+    (outside / "cache" / "__pycache__" / "m.cpython-310.pyc").write_bytes(b"\0" * 16)
+    (outside / "canary.txt").write_bytes(OUTSIDE_CANARY)
+    return outside
+
+
+def run_installer(capsys, *args: object):
+    """``main`` as the command runs it: (exit code, lines on stderr)."""
+    from nnabla_sgd_influence.install_nnc import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+UP_FROM_XAI = "../" * 5  # _XAI -> _Post_Process -> plugins -> libs -> nnc folder -> tmp_path
+
+
+def _add_file(entry: str, data: bytes = OUTSIDE_CANARY):
+    def change(record: dict, outside: Path) -> object:
+        record["files"][entry.format(outside=outside)] = sha(data)
+        return record
+
+    return change
+
+
+def _add_folder(entry: object):
+    def change(record: dict, outside: Path) -> object:
+        record["folders"].append(entry.format(outside=outside) if isinstance(entry, str) else entry)
+        return record
+
+    return change
+
+
+def _set(key: str, value: object):
+    def change(record: dict, outside: Path) -> object:
+        if value is KeyError:
+            del record[key]
+        else:
+            record[key] = value
+        return record
+
+    return change
+
+
+TAMPERED = {
+    "a list": (lambda record, outside: [], "a list"),
+    "a string": (lambda record, outside: "files", "a string"),
+    "folders is 5": (_set("folders", 5), '"folders"'),
+    "no folders": (_set("folders", KeyError), '"folders"'),
+    "another tool's": (_set("tool", "other"), '"tool"'),
+    "a digest that is a number": (
+        lambda record, outside: {**record, "files": {"_Image/sgd_influence_retrace.py": 5}},
+        "_Image/sgd_influence_retrace.py",
+    ),
+    "a digest that is not hex": (
+        lambda record, outside: {
+            **record,
+            "files": {**record["files"], "_Table/sgd_influence_retrace_tabular.py": "x" * 64},
+        },
+        "_Table/sgd_influence_retrace_tabular.py",
+    ),
+    "file ..": (_add_file(UP_FROM_XAI + "outside/canary.txt"), UP_FROM_XAI),
+    "file .. inside": (
+        _add_file("_Image/nnabla_sgd_influence/../" + "../" * 6 + "outside/canary.txt"),
+        "_Image/nnabla_sgd_influence/../",
+    ),
+    "file absolute": (_add_file("{outside}/canary.txt"), "{outside}/canary.txt"),
+    "file Windows drive": (_add_file("C:/outside/canary.txt"), "C:/outside/canary.txt"),
+    "file backslashes": (
+        _add_file("_Image\\..\\" + "..\\" * 5 + "outside\\canary.txt"),
+        "_Image\\..\\",
+    ),
+    "file Sony's": (
+        _add_file("_Image/SGD_influence.py", SONY_FILES["_Image/SGD_influence.py"].encode()),
+        "_Image/SGD_influence.py",
+    ),
+    "file not a module": (
+        _add_file("_Image/nnabla_sgd_influence/notes.txt"),
+        "_Image/nnabla_sgd_influence/notes.txt",
+    ),
+    "folder ..": (_add_folder(UP_FROM_XAI + "outside/empty"), UP_FROM_XAI),
+    "folder .. inside": (
+        _add_folder("_Post_Process/_XAI/_Image/" + "../" * 6 + "outside/cache"),
+        "_Post_Process/_XAI/_Image/../",
+    ),
+    "folder absolute": (_add_folder("{outside}/cache"), "{outside}/cache"),
+    "folder outside the plugin folders": (_add_folder("_Pre_Process"), "_Pre_Process"),
+    "folder not a string": (_add_folder(5), "5"),
+    "nested 100,000 deep": (lambda record, outside: None, "not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED), ids=str)
+def test_a_tampered_record_is_refused_and_nothing_outside_is_touched(tmp_path, capsys, case):
+    root = nnc_tree(tmp_path / "nnc")
+    outside = outside_tree(tmp_path)
+    install(root)
+    path = root / XAI / RECORD
+    change, words = TAMPERED[case]
+    record = change(json.loads(path.read_text()), outside)
+    text = "[" * 10**5 + "]" * 10**5 if record is None else json.dumps(record)
+    path.write_text(text, encoding="utf-8")
+    before_tree, before_outside = tree_listing(root), tree_listing(outside)
+    for args in (["--uninstall", root], [root]):
+        code, lines = run_installer(capsys, *args)
+        assert tree_listing(outside) == before_outside
+        assert tree_listing(root) == before_tree
+        assert code == 1 and len(lines) == 1, lines
+        assert lines[0].startswith("error: ") and RECORD in lines[0]
+        assert excerpt(words.format(outside=outside)) in lines[0] and len(lines[0]) < 300
+    assert (outside / "canary.txt").read_bytes() == OUTSIDE_CANARY
+
+
+def _link(path: Path, target: Path) -> None:
+    """Replace ``path`` (if any) by a symbolic link to ``target`` (moved there if it exists)."""
+    if path.exists():
+        path.rename(target)
+    os.symlink(target, path)
+
+
+PLANTED = {  # where a link is planted before an install, relative to _XAI
+    "the temporary name of a script": ("_Image/.sgd_influence_retrace.py.tmp-install", "canary"),
+    "the temporary name of the record": (f".{RECORD}.tmp-install", "canary"),
+    "the record": (RECORD, "record"),
+    "the package folder": ("_Image/nnabla_sgd_influence", "empty"),
+    "a sub-package folder": ("_Table/nnabla_sgd_influence/evaluation", "empty"),
+    "_Image": ("_Image", "moved"),
+    "_XAI": (".", "moved"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PLANTED), ids=str)
+def test_install_refuses_a_link_at_any_path_it_writes(tmp_path, capsys, case):
+    root = nnc_tree(tmp_path / "nnc")
+    outside = outside_tree(tmp_path)
+    relative, target = PLANTED[case]
+    link = (root / XAI / relative).resolve() if relative == "." else root / XAI / relative
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if target == "canary":
+        os.symlink(outside / "canary.txt", link)
+    elif target == "record":
+        (outside / "record.json").write_text('{"tool": "nnabla-sgd-influence", "files": {}}')
+        os.symlink(outside / "record.json", link)
+    elif target == "empty":
+        os.symlink(outside / "empty", link)
+    else:
+        _link(link, outside / "moved")
+    before_tree, before_outside = tree_listing(root), tree_listing(outside)
+    code, lines = run_installer(capsys, root)
+    assert tree_listing(outside) == before_outside  # nothing written or replaced out there
+    assert tree_listing(root) == before_tree
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and "link" in lines[0]
+    assert link.name in lines[0]
+
+
+def test_a_hard_link_at_a_temporary_name_is_replaced_not_written_through(tmp_path):
+    """What a killed install leaves at a temporary name is removed by name, and the file is
+    written anew: another name of the same file (outside the tree) keeps its content."""
+    root = nnc_tree(tmp_path / "nnc")
+    outside = outside_tree(tmp_path)
+    before = tree_listing(root)
+    temporary = root / XAI / "_Table" / ".sgd_influence_retrace_tabular.py.tmp-install"
+    os.link(outside / "canary.txt", temporary)
+    install(root)
+    assert (outside / "canary.txt").read_bytes() == OUTSIDE_CANARY
+    assert not temporary.exists()
+    uninstall(root)
+    assert tree_listing(root) == before
+
+
+INSTALLED_LINKS = [  # what is moved out of the tree and linked back after an install
+    "_Image/sgd_influence_retrace.py",
+    "_Image/nnabla_sgd_influence",
+    "_Table/nnabla_sgd_influence/second_order",
+    "_Table",
+    ".",
+]
+
+
+@pytest.mark.parametrize("relative", INSTALLED_LINKS, ids=str)
+def test_uninstall_refuses_a_link_and_removes_nothing_through_it(tmp_path, capsys, relative):
+    root = nnc_tree(tmp_path / "nnc")
+    outside = outside_tree(tmp_path)
+    install(root)
+    path = (root / XAI).resolve() if relative == "." else root / XAI / relative
+    _link(path, outside / "moved")
+    before_tree, before_outside = tree_listing(root), tree_listing(outside)
+    code, lines = run_installer(capsys, "--uninstall", root)
+    assert tree_listing(outside) == before_outside  # nothing removed through the link
+    assert tree_listing(root) == before_tree
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("error: ") and "link" in lines[0] and path.name in lines[0]
+
+
+def test_uninstall_keeps_the_empty_plugin_folders_that_were_there(tmp_path):
+    root = tmp_path / "nnc"
+    for kind in ("_Image", "_Table"):
+        (root / XAI / kind).mkdir(parents=True)
+    before = tree_listing(root)
+    install(root)
+    uninstall(root)
+    assert tree_listing(root) == before
+
+
+def test_uninstall_removes_every_folder_the_install_created(tmp_path):
+    """Into an NNC tree without _Post_Process; NNC's Python then leaves bytecode caches."""
+    root = tmp_path / "nnc"
+    other = root / "libs" / "plugins" / "_Pre_Process" / "_Create_Dataset" / "simple.py"
+    other.parent.mkdir(parents=True)
+    other.write_text(DECOY.format(title="Simple tabular data"))
+    before = tree_listing(root)
+    install(root)
+    package = root / XAI / "_Image" / "nnabla_sgd_influence"
+    for cache in (package / "__pycache__", package / "second_order" / "__pycache__"):
+        cache.mkdir()
+        (cache / "cli.cpython-310.pyc").write_bytes(b"\0" * 16)
+    uninstall(root)
+    assert tree_listing(root) == before
+
+
+def test_reinstall_removes_the_files_and_folders_of_an_older_version(tmp_path):
+    root = nnc_tree(tmp_path / "nnc")
+    before = tree_listing(root)
+    install(root)
+    path = root / XAI / RECORD
+    record = json.loads(path.read_text())
+    old = root / XAI / "_Table" / "nnabla_sgd_influence" / "retired" / "gone.py"
+    old.parent.mkdir()
+    old.write_bytes(b"# a module of an older version\n")
+    record["files"]["_Table/nnabla_sgd_influence/retired/gone.py"] = sha(old.read_bytes())
+    record["folders"].append("_Post_Process/_XAI/_Table/nnabla_sgd_influence/retired")
+    path.write_text(json.dumps(record))
+    install(root)
+    assert not old.parent.exists()
+    uninstall(root)
+    assert tree_listing(root) == before
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        "_post_process",
+        "_Post_Process/_xai",
+        "_Post_Process/_XAI/_image",
+        "_Post_Process/_XAI/_TABLE",
+        "_Post_Process/_XAI/_Image/NNabla_SGD_Influence",
+    ],
+    ids=str,
+)
+def test_a_folder_name_that_differs_only_in_case_is_refused(tmp_path, capsys, existing):
+    """Where NNC on Windows would see one folder, and NNC elsewhere two (listing our plugins
+    beside what is in the other), the install stops before writing anything."""
+    root = tmp_path / "nnc"
+    (root / "libs" / "plugins" / existing).mkdir(parents=True)
+    (root / "libs" / "plugins" / existing / "keep.py").write_text("# someone's\n")
+    before = tree_listing(root)
+    code, lines = run_installer(capsys, root)
+    assert code == 1 and len(lines) == 1, lines
+    name = existing.rsplit("/", 1)[-1]
+    assert "only in letter case" in lines[0] and name in lines[0]
+    assert tree_listing(root) == before
 
 
 # --------------------------------------------------------------------------------------
