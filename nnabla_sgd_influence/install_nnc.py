@@ -580,6 +580,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action = "uninstall from" if args.uninstall else "install into"
         print(f"error: {os_error_line(error, args.nnc_folder, action)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the record already lists what was written: run it again
+        print(
+            "error: interrupted; run the installer again to finish, or with --uninstall",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -319,6 +319,32 @@ def test_a_hard_link_at_a_temporary_name_is_replaced_not_written_through(tmp_pat
     assert tree_listing(root) == before
 
 
+def test_ctrl_c_during_the_install_is_one_line_and_leaves_no_temporary_file(
+    tmp_path, capsys, monkeypatch
+):
+    """Interrupted half way, the install stops with 130; what it wrote is in the record, so
+    that an uninstall gives back the tree as it was."""
+    root = nnc_tree(tmp_path / "nnc")
+    before = tree_listing(root)
+    rename = os.replace
+    calls = []
+
+    def interrupted_on_the_tenth(source, target):
+        """Ctrl-C when the tenth file is written whole under its temporary name."""
+        calls.append(target)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        rename(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_on_the_tenth)
+    code, lines = run_installer(capsys, root)
+    assert code == 130 and len(lines) == 1 and lines[0].startswith("error: interrupted"), lines
+    assert not [p for p in tree_listing(root) if p.endswith(".tmp-install")]
+    monkeypatch.undo()
+    uninstall(root)
+    assert tree_listing(root) == before
+
+
 INSTALLED_LINKS = [  # what is moved out of the tree and linked back after an install
     "_Image/sgd_influence_retrace.py",
     "_Image/nnabla_sgd_influence",
