@@ -20,6 +20,10 @@ reports each step and sends the trial's result back. How the ends are kept clean
   workers with SIGKILL, which they cannot ignore.
 - **A dead worker** closes its pipe: the parent waits on every pipe and every process at
   once, so it notices at once, and a signal pending in the parent explains a death first.
+- **A dead parent** (SIGKILL, NNC's stop button, Task Manager): every worker watches the
+  parent's life from a thread, and when it ends the worker lets go of the console (NNC waits
+  for stdout and stderr to close), removes the run's temporary folder, which nobody else
+  will, and exits.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2  # how often the parent looks for a signal while nothing else happens
 MESSAGES_PER_TURN = 256  # read from one worker before the others (and signals) get a look
 INPUTS_NAME = "worker_inputs.pickle"  # in the run's temporary folder, until every worker read it
+ORPHAN_CLEAN_UP_SECONDS = 10.0  # how long an orphaned worker tries to remove the folder
 OUT_OF_MEMORY = (
     "out of memory in a worker process: the input is too large for this machine with this "
     "many --workers (each holds its own copy of the data)"
@@ -148,20 +153,28 @@ class _PipeProgress(Progress):
             self.link.send(("unit",))
 
 
-def _worker(inputs: str, connection) -> None:
+def _worker(inputs: str, orphan_folder: Optional[str], connection) -> None:
     """A worker's life: load the inputs, then run the trials it is given until told to stop.
 
     Nothing it does prints a traceback: every failure goes to the parent as a message, and a
     parent that is gone ends the worker quietly.
     """
+    import multiprocessing
+
     link = _Link(connection)
+    watcher = None
     try:
         _ignore_stop_signals()
+        watcher = _watch_parent(orphan_folder)
         _serve(Path(inputs), link)
     except _ParentGone:
         pass
     except BaseException as error:  # noqa: BLE001 - told to the parent, never printed
         link.tell(("error", None, *_error_kind(error)))
+    finally:
+        parent = multiprocessing.parent_process()
+        if watcher is not None and parent is not None and not parent.is_alive():
+            watcher.join(ORPHAN_CLEAN_UP_SECONDS + 5)  # it cleans up and ends this process
 
 
 def _ignore_stop_signals() -> None:
@@ -224,6 +237,63 @@ def _error_kind(error: BaseException) -> Tuple[str, str]:
     return type(error).__name__, str(error)
 
 
+def _watch_parent(folder: Optional[str]):
+    """A thread that ends this worker when its parent ends (the thread, or None)."""
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return None
+    watcher = threading.Thread(
+        target=_end_when_orphaned, args=(parent.sentinel, folder), name="parent-watch", daemon=True
+    )
+    watcher.start()
+    return watcher
+
+
+def _end_when_orphaned(parent_sentinel, folder: Optional[str]) -> None:
+    """Wait for the parent's end; then release the console, remove the folder and exit.
+
+    The sentinel is the parent's process handle (Windows) or a pipe whose only writer is the
+    parent (POSIX), ready when the parent has ended however it ended.
+    """
+    from multiprocessing.connection import wait
+
+    wait([parent_sentinel])
+    _release_console()
+    if folder is not None:
+        _remove_orphaned_folder(Path(folder))
+    os._exit(1)
+
+
+def _release_console() -> None:
+    """Point stdin, stdout and stderr at the null device, so that whoever reads the dead
+    parent's output (NNC) sees it end."""
+    with suppress(OSError):
+        null = os.open(os.devnull, os.O_RDWR)
+        for descriptor in (0, 1, 2):
+            with suppress(OSError):
+                os.dup2(null, descriptor)
+        os.close(null)
+
+
+def _remove_orphaned_folder(folder: Path) -> None:
+    """Remove the dead parent's temporary folder, again while a worker still writes into it.
+
+    Once the folder itself is gone nothing can be created in it, so the last removal that
+    succeeds leaves nothing behind.
+    """
+    import shutil
+    import time
+
+    deadline = time.monotonic() + ORPHAN_CLEAN_UP_SECONDS
+    while folder.exists() and time.monotonic() < deadline:
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------------------------
 # The parent's side.
 
@@ -262,7 +332,7 @@ def run_trials_in_processes(
     )
     started: List[_Worker] = []
     try:
-        _start_workers(started, workers, inputs)
+        _start_workers(started, workers, inputs, None if keep_temp else folder)
         results = _Dispatcher(started, arguments.n_trials, display, inputs).run()
     finally:
         _end(started)
@@ -288,7 +358,9 @@ def write_inputs(work: _Work, folder: Path) -> Path:
     return path
 
 
-def _start_workers(started: List[_Worker], count: int, inputs: Path) -> None:
+def _start_workers(
+    started: List[_Worker], count: int, inputs: Path, orphan_folder: Optional[Path]
+) -> None:
     """Start ``count`` workers, appending each to ``started`` as soon as it exists."""
     import multiprocessing
 
@@ -298,11 +370,12 @@ def _start_workers(started: List[_Worker], count: int, inputs: Path) -> None:
 
         with _stop_signals_blocked():  # it outlives the run: SIGHUP must not end it
             resource_tracker.ensure_running()
+    folder = None if orphan_folder is None else str(orphan_folder)
     for _ in range(count):
         checkpoint()
         ours, theirs = spawn.Pipe()
         process = spawn.Process(
-            target=_worker, args=(str(inputs), theirs), daemon=True, name="sgd-influence"
+            target=_worker, args=(str(inputs), folder, theirs), daemon=True, name="sgd-influence"
         )
         try:
             with _stop_signals_blocked():

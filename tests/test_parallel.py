@@ -1,9 +1,9 @@
 """Trials in local worker processes (--workers): the same bytes, one display, clean ends.
 
 The process tests run the tabular plugin on 2 workers in a process group of its own and
-signal it as a terminal, ``docker stop`` or systemd do (the whole group), or kill one worker as
-the out-of-memory killer does; the sweep does the same at a range of delays over the workers'
-start-up.
+signal it as a terminal, ``docker stop`` or systemd do (the whole group), kill one worker as
+the out-of-memory killer does, or kill the plugin itself as NNC's stop button does; the sweep
+does the same at a range of delays over the workers' start-up.
 """
 
 from __future__ import annotations
@@ -225,6 +225,26 @@ def test_a_killed_worker_ends_the_run_at_once_on_one_line(samples_dir, tmp_path)
     assert "fewer --workers" in stderr
     _assert_nothing_left(process, temp, out)
     assert took < 20, f"the run ended {took:.1f} s after the worker was killed"
+
+
+def test_workers_end_when_the_plugin_is_killed(samples_dir, tmp_path):
+    """SIGKILL of the plugin alone (NNC's stop button, Task Manager): its workers notice, let
+    go of stdout and stderr (NNC waits for them to close), remove the temporary folder the
+    plugin can no longer remove, and end, within seconds."""
+    process, temp, out = _launch(samples_dir, tmp_path, n_trials=100)
+    _wait_until(lambda: _trials_begun(temp) == 2, "both workers in a trial", process)
+    workers = _workers(process.pid)
+    os.kill(process.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    stderr = _finish(process)  # returns once no process holds stdout and stderr
+    released = time.monotonic() - killed
+    deadline = time.monotonic() + DEADLINE
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ended = time.monotonic() - killed
+    assert "Traceback" not in stderr
+    assert released < 20 and ended < 20, f"stderr closed after {released:.1f} s, ended {ended:.1f}"
+    _assert_nothing_left(process, temp, out)
 
 
 # --- the sweep: signals and kills over the workers' start-up ---------------------------------
