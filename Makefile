@@ -46,7 +46,8 @@ setup-oldest:
 test-oldest: samples setup-oldest
 	@$(OLDEST_PY) -m pytest -q -W ignore::DeprecationWarning $(OLDEST_TESTS)
 
-# The stress runs left out of `make test` (the dense signal sweep: 240 runs, a few minutes).
+# The stress runs left out of `make test` (the dense signal sweeps: 240 runs of the signal
+# harness and 204 signals or kills over the workers' start-up; about 15 minutes when busy).
 test-slow: samples
 	@$(PY) -m pytest -q -m slow
 
