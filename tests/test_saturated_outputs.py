@@ -559,3 +559,64 @@ def test_issue_reproduction_image_plugin(samples_dir, tmp_path):
         )
         _succeeded(result)
         assert np.isfinite(_scores(output)).all() and len(read_csv(output)) == 24
+
+
+# --------------------------------------------------------------------------------------
+# A value that is not finite: where it first appears
+
+
+def _with_identity_before_loss(model):
+    """``model`` with an Identity between its Sigmoid and its BinaryCrossEntropy: a loss that
+    no longer reads the Sigmoid, so the second-order graph keeps nnabla's own backward (0/0
+    where the float32 sigmoid is exactly 1)."""
+    import copy
+    import dataclasses
+
+    proto = copy.deepcopy(model.proto)
+    for network in proto.network:
+        for function in network.function:
+            if function.type == "BinaryCrossEntropy":
+                identity = network.function.add(name="Between", type="Identity")
+                identity.input.append(function.input[0])
+                identity.output.append("Between")
+                function.input[0] = "Between"
+                variable = network.variable.add(name="Between", type="Buffer")
+                variable.shape.dim.extend([-1, 1])
+        order = [f for f in network.function if f.type != "BinaryCrossEntropy"]
+        order += [f for f in network.function if f.type == "BinaryCrossEntropy"]
+        copies = [copy.deepcopy(f) for f in order]
+        del network.function[:]
+        network.function.extend(copies)
+    return dataclasses.replace(model, proto=proto)
+
+
+def test_second_order_nan_names_its_step_and_layer(samples_dir, tmp_path):
+    from nnabla_sgd_influence.errors import InfluenceError
+
+    model = load_model(samples_dir / "models" / "cancer_logreg" / "results.nnp")
+    model = _with_identity_before_loss(scaled(model, 1.5))
+    folder = samples_dir / "cancer"
+    train = load_dataset(folder / "train.csv", model.data_variables).subset(np.arange(200))
+    val = load_dataset(folder / "val.csv", model.data_variables, role="input-val")
+    with pytest.raises(InfluenceError) as raised:
+        run_trial(model, train, val, InfluenceArguments(batch_size=64), workdir=tmp_path)
+    message = str(raised.value)
+    # The retrace walks back from the last step (2 of 0..3) and meets the saturated row there.
+    assert message.startswith("the second-order pass gave NaN at epoch 0, step 2 (iteration ")
+    assert "first in the backward of layer 'BinaryCrossEntropy' (BinaryCrossEntropy)" in message
+    assert "use --hvp finite-difference" in message and "diverged" not in message
+    arguments = InfluenceArguments(batch_size=64, hvp="finite-difference")
+    scores = run_trial(model, train, val, arguments).scores
+    assert np.isfinite(scores).all()
+
+
+def test_non_finite_validation_gradient_is_named(samples_dir):
+    from nnabla_sgd_influence.errors import InfluenceError
+    from nnabla_sgd_influence.query import validation_gradient
+
+    model = load_model(samples_dir / "models" / "cancer_logreg" / "results.nnp")
+    val = load_dataset(samples_dir / "cancer" / "val.csv", model.data_variables, role="input-val")
+    graphs = GraphCache(model, ParameterSet(model))
+    graphs.params[model.trainable[1]].d = np.full(graphs.params.shapes[1], np.nan, np.float32)
+    with pytest.raises(InfluenceError, match="validation loss .* or its gradient is not finite"):
+        validation_gradient(graphs, val, 64)
