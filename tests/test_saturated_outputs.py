@@ -328,23 +328,30 @@ def test_scaled_sample_ranks_as_float64_replay(samples_dir, tmp_path, sample, cs
 IMAGE_MODELS = ["digits_cnn", "nnc_fashion_mnist_cnn"]
 
 
-def _image_problem(samples_dir, nnc_fixture_path, name):
-    if name == "digits_cnn":
-        model = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
-    else:
-        model = load_model(nnc_fixture_path)
-    digits = samples_dir / "digits"
-    train = load_dataset(digits / "train.csv", model.data_variables, model.normalize_images)
-    val = load_dataset(digits / "val.csv", model.data_variables, model.normalize_images)
-    return model, train.subset(np.arange(32)), val.subset(np.arange(64))
+@pytest.fixture(scope="module")
+def image_problems(samples_dir):
+    """name -> (model, 32 training rows, 64 validation rows) on the digits images, loaded once;
+    the real NNC model (1x28x28, 10 classes) reads them as the digits CNN does."""
+    loaded = {}
+
+    def get(name: str, path: Path):
+        if name not in loaded:
+            model = load_model(path)
+            digits = samples_dir / "digits"
+            train = load_dataset(digits / "train.csv", model.data_variables, model.normalize_images)
+            val = load_dataset(digits / "val.csv", model.data_variables, model.normalize_images)
+            loaded[name] = (model, train.subset(np.arange(32)), val.subset(np.arange(64)))
+        return loaded[name]
+
+    return get
 
 
 @pytest.fixture
-def image_problem(request, samples_dir):
+def image_problem(request, samples_dir, image_problems):
     name = request.param
     if name == "digits_cnn":
-        return _image_problem(samples_dir, None, name)
-    return _image_problem(samples_dir, request.getfixturevalue("nnc_fixture"), name)
+        return image_problems(name, samples_dir / "models" / "digits_cnn" / "results.nnp")
+    return image_problems(name, request.getfixturevalue("nnc_fixture"))
 
 
 @pytest.mark.parametrize("image_problem", IMAGE_MODELS, indirect=True)
