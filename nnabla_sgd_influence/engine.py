@@ -182,11 +182,8 @@ def average_trials(trials: List[TrialResult], train=None) -> InfluenceResult:
         total += scores
     scores = total / len(per_trial)
     bad = int(np.count_nonzero(~np.isfinite(scores)))
-    if bad:
-        raise InfluenceError(
-            f"influence is not finite for {bad} of {len(scores)} rows: retraining diverged "
-            "(check the model's solver and learning rate, or try a smaller batch size)"
-        )
+    if bad:  # each trial checks its training, u and every step: a sum that overflowed
+        raise InfluenceError(f"influence is not finite for {bad} of {len(scores)} rows")
     first = trials[0]
     return InfluenceResult(
         scores=scores,

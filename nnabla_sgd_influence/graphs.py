@@ -8,7 +8,9 @@ Three kinds of graph, each built once per batch size by :class:`GraphCache`:
 * :class:`SecondOrderGraph`, the training network with per-row weights ``w`` and the gradient
   ``G = dL/dtheta`` of ``L = sum_i w_i l_i`` kept as a graph, so that one backward pass of
   ``s = <v, G>`` gives ``sum_i H_i v`` and every ``<v, g_i>`` (see :mod:`.hvp`); layers nnabla
-  cannot differentiate twice are built there as the equivalents of :mod:`.second_order`.
+  cannot differentiate twice are built there as the equivalents of :mod:`.second_order`, and
+  a loss or Log that reads a Sigmoid's or Softmax's probabilities is built from that layer's
+  logits (:mod:`.second_order.saturation`), so that saturated outputs stay finite.
 
 A row's loss ``l_i`` is the mean of each loss variable over its non-batch elements (NNC
 averages a loss variable over all of its elements), summed over the loss variables.
@@ -24,7 +26,7 @@ import numpy as np
 
 from .compat import backward_function_registry, create_function_instance
 from .errors import InfluenceError
-from .second_order import SECOND_ORDER_EQUIVALENTS, SecondOrderLayers
+from .second_order import SATURATING_PAIRS, SECOND_ORDER_EQUIVALENTS, SecondOrderLayers
 
 if TYPE_CHECKING:
     from .model import Layer, NnpModel
@@ -174,7 +176,9 @@ def build_network(
 
     ``training`` selects the training network as the solver runs it; otherwise the evaluation
     network in test mode. ``second_order`` writes layers whose backward nnabla cannot
-    differentiate again as equivalent layers that it can (same values).
+    differentiate again as equivalent layers that it can (same values), and a layer that reads
+    a Sigmoid's or Softmax's output as a function of that layer's input (same values, and the
+    derivatives training's first-order backward has, finite where the output saturates).
     ``layer_builder(function, args, training)``, when given, builds a layer first: it returns
     the layer's outputs, or None to build the layer as usual
     (:meth:`.second_order.SecondOrderLayers.build`).
@@ -188,6 +192,7 @@ def build_network(
     shapes = {v.name: tuple(int(d) for d in v.shape.dim) for v in network.variable}
 
     variables: Dict[str, object] = {}
+    producers: Dict[str, Tuple[object, List]] = {}  # output name -> (layer, its inputs)
     inputs: Dict[str, object] = {}
     for data in model.data_variables:
         if data.variable_name in shapes:
@@ -206,13 +211,34 @@ def build_network(
                     "neither a data variable, a parameter nor an earlier layer's output"
                 )
         outputs = layer_builder(function, args, training) if layer_builder else None
-        if outputs is None and second_order and function.type in SECOND_ORDER_EQUIVALENTS:
-            outputs = (SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
+        if outputs is None and second_order:
+            source = producers.get(function.input[0]) if function.input else None
+            outputs = _second_order_equivalent(function, args, source)
         if outputs is None:
             outputs = _call_function(function, args, batch_size, network.batch_size, training)
         for output_name, output in zip(function.output, outputs):
             variables[output_name] = output
+            producers[output_name] = (function, args)
     return inputs, _per_sample_loss(model, variables, name), variables
+
+
+def _second_order_equivalent(
+    function, args: List, source: Optional[Tuple[object, List]]
+) -> Optional[tuple]:
+    """The outputs of ``function`` as the second-order graph builds it, or None for as usual.
+
+    A layer reading a Sigmoid's or Softmax's output (``source``: the layer that made its first
+    input, and that layer's inputs) is built from that layer's input; the Sigmoid or Softmax
+    itself stays in the graph for whatever else reads it.
+    """
+    if source is not None:
+        pair = SATURATING_PAIRS.get((source[0].type, function.type))
+        output = pair(source[0], source[1], function, args) if pair else None
+        if output is not None:
+            return (output,)
+    if function.type in SECOND_ORDER_EQUIVALENTS:
+        return (SECOND_ORDER_EQUIVALENTS[function.type](function, args),)
+    return None
 
 
 def _per_sample_loss(model: NnpModel, variables: Dict[str, object], network: str):

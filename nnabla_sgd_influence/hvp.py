@@ -19,9 +19,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .arguments import HVP_METHODS
-from .errors import InfluenceError
-from .graphs import GraphCache, SecondOrderGraph, layers_without_second_order, reaches
-from .second_order import passing_interrupts
+from .errors import InfluenceError, excerpt
+from .graphs import (
+    GraphCache,
+    SecondOrderGraph,
+    build_network,
+    layers_without_second_order,
+    reaches,
+)
+from .second_order import SecondOrderLayers, passing_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +190,78 @@ def _second_order_problem(autodiff: AutodiffPass) -> Optional[str]:
             raise
         return str(error).strip().splitlines()[-1]
     return None
+
+
+def where_not_finite(step_pass, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> str:
+    """Where the autodiff ``step_pass`` first turns non-finite on ``batch`` along ``v``, as the
+    end of a sentence: "in the forward of layer 'X' (Type)", "in the backward of ...", "in the
+    second-order backward of ..."; "" when no layer is found. The pass's graph is rebuilt with
+    every value kept (only when something went wrong: it costs a pass and a graph).
+    """
+    inner = getattr(step_pass, "inner", step_pass)  # an MPI rank's pass: its own graphs
+    graphs = inner.graphs
+    fast_layers = getattr(inner, "fast_layers", True)
+    with graphs.params.preserved(), SecondOrderLayers(enabled=fast_layers) as layers:
+        return _first_non_finite_layer(graphs, batch, v, layers.build)
+
+
+def _first_non_finite_layer(graphs: GraphCache, batch, v, layer_builder) -> str:
+    """The second-order graph of ``batch``, kept whole: its forward (layer outputs), the
+    first-order backward it builds (the adjoint of every layer output) and the backward of
+    s = <v, G> (each layer output's gradient), searched in the order the pass computes them."""
+    import nnabla as nn
+    import nnabla.functions as F
+
+    model, params = graphs.model, graphs.params
+    functions = list(model.network(model.train_network).function)
+    inputs, per_sample, variables = build_network(
+        model, params, _batch_size(batch), True, second_order=True, layer_builder=layer_builder
+    )
+    known = {**{name: params[name] for name in model.parameters}, **variables}
+    weighted = F.sum(per_sample)
+    outputs = [name for f in functions for name in f.output if known[name].need_grad]
+    wrt = [known[name] for name in outputs] + list(params.theta)
+    adjoints = nn.grad([weighted], wrt)
+    adjoint = {name: a for name, a in zip(outputs, adjoints)}
+    adjoint.update({name: a for name, a in zip(params.trainable, adjoints[len(outputs) :])})
+    terms = [
+        F.sum(g * nn.Variable.from_numpy_array(np.asarray(d, np.float32)))
+        for g, d, p in zip(adjoints[len(outputs) :], v, params.theta)
+        if reaches(g, p)
+    ]
+    s = F.add_n(*terms) if len(terms) > 1 else terms[0]
+    for name, placeholder in inputs.items():
+        placeholder.d = batch[name]
+    with passing_interrupts():
+        F.sink(s, *[a for a in adjoints if a is not None]).forward(clear_no_need_grad=False)
+        found = _scan(functions, known, lambda x: x.d, forward=True)
+        if found:
+            return f"in the forward of {found}"
+        found = _scan(functions, adjoint, lambda x: x.d, forward=False)
+        if found:
+            return f"in the backward of {found}"
+        params.zero_grad()
+        s.backward(clear_buffer=False)
+    found = _scan(functions, known, lambda x: x.g if x.need_grad else 0.0, forward=False)
+    return f"in the second-order backward of {found}" if found else ""
+
+
+def _scan(functions, values: Dict[str, object], read, forward: bool) -> str:
+    """The first layer, in forward (or backward) order, whose inputs (outputs) are finite and
+    whose outputs (inputs) are not, as "layer 'X' (Type)"; "" when there is none."""
+
+    def finite(names) -> bool:
+        return all(
+            values.get(n) is None or np.isfinite(np.asarray(read(values[n]))).all() for n in names
+        )
+
+    for function in functions if forward else functions[::-1]:
+        before, after = (function.input, function.output)
+        if not forward:
+            before, after = after, before
+        if finite(before) and not finite(after):
+            return f"layer '{excerpt(function.name)}' ({excerpt(function.type)})"
+    return ""
 
 
 def per_row_reference(

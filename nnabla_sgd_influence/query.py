@@ -6,6 +6,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .errors import InfluenceError
 from .graphs import GraphCache
 from .progress import SILENT, Progress
 from .signals import checkpoints
@@ -17,6 +18,7 @@ def validation_gradient(
     """u = d/dtheta of the mean loss over every validation row, and that mean loss.
 
     Uses the evaluation network (BatchNormalization on running statistics, no Dropout).
+    A loss or gradient that is not finite stops the run: every score would be NaN.
     """
     params = graphs.params
     params.zero_grad()
@@ -31,4 +33,10 @@ def validation_gradient(
         total_loss += float(graph.sum_loss.d)
         # Gradients accumulate over batches; 1/N makes the sum a mean over all rows.
         graph.sum_loss.backward(grad=1.0 / n_rows, clear_buffer=True)
-    return params.gradients(), total_loss / n_rows
+    u = params.gradients()
+    if not (np.isfinite(total_loss) and all(np.isfinite(a).all() for a in u)):
+        raise InfluenceError(
+            f"the validation loss ({total_loss / n_rows}) or its gradient is not finite at the "
+            "retrained parameters, so no influence on it can be measured"
+        )
+    return u, total_loss / n_rows

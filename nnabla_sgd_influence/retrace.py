@@ -17,6 +17,9 @@ loss, where r = s_slope * m' is d theta'/d s'::
 For plain SGD (beta = 0, c = 1, p = lr) this is exactly Algorithm 2:
 infl_j += (lr/|S|) <u, g_j>, u <- u - (lr/|S|) sum_i H_i u - lr lambda u.
 Weight decay belongs to the solver: it enters the adjoint update, never a row's gradient.
+
+A value that is not finite stops the retrace at the step where it appears, with the layer of the
+pass that made it (:func:`.hvp.where_not_finite`): one NaN in u would reach every earlier step.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import List
 
 import numpy as np
 
+from .errors import InfluenceError
+from .hvp import where_not_finite
 from .parameters import ParameterSet
 from .progress import SILENT, Progress
 from .signals import checkpoints
@@ -77,9 +82,39 @@ def retrace(
                 spec, step.learning_rate, step.solver_step, state, len(params.theta), model_solver
             )
             batch = train.batch(step.rows)
-            dots, adjoints = step_back(adjoints, update, step_pass, batch, params, spec)
+            try:
+                dots, adjoints = step_back(adjoints, update, step_pass, batch, params, spec)
+            except NotFinite as problem:
+                raise InfluenceError(_not_finite_message(problem, step, step_pass)) from None
             scores[step.rows] -= dots / len(step.rows)
     return scores
+
+
+class NotFinite(Exception):
+    """A step's pass gave a value that is not finite; ``v`` is the direction it ran along."""
+
+    def __init__(self, batch, v: List[np.ndarray], what: str) -> None:
+        super().__init__(what)
+        self.batch, self.v, self.what = batch, v, what
+
+
+def _not_finite_message(problem: NotFinite, step, step_pass) -> str:
+    where = f"epoch {step.epoch}, step {step.step} (iteration {step.iteration})"
+    if problem.what == "direction":
+        return (
+            f"the retrace's adjoint grew beyond float32 at {where}: the retraining's updates "
+            "are too far from linear to retrace (check the model's solver and learning rate)"
+        )
+    if step_pass.name != "autodiff":
+        return (
+            f"finite differences gave {problem.what} at {where}, although the retraining was finite"
+        )
+    layer = where_not_finite(step_pass, problem.batch, problem.v)
+    return (
+        f"the second-order pass gave {problem.what} at {where}"
+        + (f", first {layer}" if layer else "")
+        + ", although the retraining was finite; use --hvp finite-difference"
+    )
 
 
 def step_back(
@@ -97,12 +132,15 @@ def step_back(
     b = [am - p * at for am, p, at in zip(a_m, update.p, a_theta)]
     v = [update.c * x for x in b]
     if update.s_slope is None:
-        dots, hv = step_pass(batch, _float32(v))
+        direction = _finite_float32(v, batch)
+        dots, hv = step_pass(batch, direction)
     else:
         # The solver's own gradient: batch mean plus weight decay, at theta_t.
+        gradient = step_pass.prepare(batch)
+        _check_finite(np.zeros(0), gradient, batch, [x.astype(np.float32) for x in v])
         g = [
             total / size + decay * p.d.astype(np.float64)
-            for total, p in zip(step_pass.prepare(batch), params.theta)
+            for total, p in zip(gradient, params.theta)
         ]
         numerator = update.s_numerator or g
         b_s = [
@@ -110,7 +148,9 @@ def step_back(
         ]
         v = [x + 2.0 * update.s_gain * gi * bs for x, gi, bs in zip(v, g, b_s)]
         a_s = [update.s_rate * bs for bs in b_s]
-        dots, hv = step_pass.finish(_float32(v))
+        direction = _finite_float32(v, batch)
+        dots, hv = step_pass.finish(direction)
+    _check_finite(dots, hv, batch, direction)
     new_a_theta = [(1.0 - update.d) * at + h / size + decay * x for at, h, x in zip(a_theta, hv, v)]
     if update.q is None:
         a_m = [update.beta * x for x in b]
@@ -119,5 +159,17 @@ def step_back(
     return dots, Adjoints(new_a_theta, a_m, a_s)
 
 
-def _float32(arrays: List[np.ndarray]) -> List[np.ndarray]:
-    return [a.astype(np.float32) for a in arrays]
+def _finite_float32(arrays: List[np.ndarray], batch) -> List[np.ndarray]:
+    """``arrays`` as float32, the pass's direction; NotFinite when a value does not fit."""
+    with np.errstate(over="ignore"):
+        direction = [a.astype(np.float32) for a in arrays]
+    if not all(np.isfinite(a).all() for a in direction):
+        raise NotFinite(batch, direction, "direction")
+    return direction
+
+
+def _check_finite(dots: np.ndarray, hv: List[np.ndarray], batch, v: List[np.ndarray]) -> None:
+    values = [dots, *hv]
+    if not all(np.isfinite(a).all() for a in values):
+        nan = any(np.isnan(a).any() for a in values)
+        raise NotFinite(batch, v, "NaN" if nan else "an infinite value")

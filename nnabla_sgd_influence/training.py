@@ -9,6 +9,10 @@ that the retrace can stream them back in reverse without holding them in memory.
 With ``row_weights`` a row's loss counts ``w_j`` times in its batch's mean (the denominator stays
 |S|): leave-one-out retraining (:mod:`.evaluation.ground_truth`) is this same loop with one
 weight at 0.
+
+A training loss that is not finite, or parameters that are not finite after the last step, stop
+the run with the step where it happened: the retraining diverged, and no score would mean
+anything.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .errors import InfluenceError, excerpt
 from .graphs import GraphCache
 from .progress import SILENT, Progress
 from .signals import checkpoints
@@ -110,9 +115,15 @@ def retrain(
         theta_before = params.trainable_arrays() if snapshots else None
         iteration = spec.start_iteration + index
         learning_rate = schedule(iteration)
-        _update(solver, graphs, train, rows, row_weights, spec.weight_decay, learning_rate)
         first = not steps or steps[-1].epoch != epoch
         step_in_epoch = 0 if first else steps[-1].step + 1
+        loss = _update(solver, graphs, train, rows, row_weights, spec.weight_decay, learning_rate)
+        if not np.isfinite(loss):
+            raise InfluenceError(
+                f"retraining diverged: the training loss is {loss} at epoch {epoch}, step "
+                f"{step_in_epoch} (iteration {iteration}, rows {_rows_excerpt(rows)}); check "
+                "the model's solver and learning rate"
+            )
         solver_step = solver_step_count(solver, names)
         steps.append(Step(epoch, step_in_epoch, iteration, learning_rate, rows, solver_step))
         if snapshots is not None:
@@ -120,6 +131,7 @@ def retrain(
 
     final_state = solver_arrays(solver, names, state_names)
     final_theta = params.trainable_arrays()
+    _check_finite_parameters(names, final_theta)
     kept = sum(a.nbytes for a in final_theta)
     kept += sum(a.nbytes for arrays in final_state.values() for a in arrays)
     return TrainingRun(
@@ -143,7 +155,8 @@ def _update(
     weight_decay: float,
     learning_rate: float,
 ) -> None:
-    """One solver step on the batch ``rows``: forward, backward, weight decay, update."""
+    """One solver step on the batch ``rows``: forward, backward, weight decay, update.
+    Returns the batch's training loss."""
     graph = graphs.loss(len(rows), training=True)
     graph.feed(train.batch(rows))
     if row_weights is None:
@@ -152,12 +165,30 @@ def _update(
         graph.weights.d = np.asarray(row_weights, dtype=np.float32)[rows]
         loss = graph.weighted_mean_loss
     loss.forward(clear_no_need_grad=True)
+    value = float(loss.d)
     solver.zero_grad()
     loss.backward(clear_buffer=True)
     if weight_decay > 0:
         solver.weight_decay(weight_decay)
     solver.set_learning_rate(learning_rate)
     solver.update()
+    return value
+
+
+def _check_finite_parameters(names: List[str], values: List[np.ndarray]) -> None:
+    """Stop when a retrained parameter is not finite (an update overflowed)."""
+    for name, value in zip(names, values):
+        if not np.isfinite(value).all():
+            raise InfluenceError(
+                f"retraining diverged: parameter '{excerpt(name)}' is not finite after the last "
+                "step; check the model's solver and learning rate"
+            )
+
+
+def _rows_excerpt(rows: np.ndarray, shown: int = 5) -> str:
+    """The first rows of a step, 0-based as in the step log."""
+    listed = " ".join(str(int(r)) for r in rows[:shown])
+    return listed + (f" ... ({len(rows)} rows)" if len(rows) > shown else "")
 
 
 class _SnapshotWriter:

@@ -388,6 +388,18 @@ def _corrupt_member(kit, member: str):
     return tabular(kit, model="bad")
 
 
+def _diverging_solver(kit):
+    """A learning rate that overflows float32: the first update makes the parameters
+    infinite, and the next step's training loss is NaN."""
+    path = kit.root / "models" / "diverging.nnp"
+    with zipfile.ZipFile(kit["cancer_mlp"]) as archive:
+        text = archive.read("net.nntxt").decode()
+    text = text.replace("lr: 0.05\n", "lr: 1e+39\n")  # inf in float32
+    assert "lr: 1e+39" in text
+    _set(kit, "bad", rewrite_member(kit["cancer_mlp"], path, "net.nntxt", text.encode()))
+    return tabular(kit, "-bs", "8", model="bad")
+
+
 def _long_token(kit):
     path = kit.root / "models" / "token.nnp"
     data = b'network { name: "Main" } ' + b"x" * (4 << 20)
@@ -405,6 +417,7 @@ CASES = [
     ("label out of range", "tabular", _label_out_of_range, 1, "is not a class index"),
     ("batch size 0", "tabular", lambda k: tabular(k, "-bs", "0"), 1, "batch_size"),
     ("dropout", "tabular", lambda k: tabular(k, model="cancer_mlp_dropout"), 1, "Dropout"),
+    ("diverging retraining", "tabular", _diverging_solver, 1, "retraining diverged: the"),
     ("bad int", "tabular", lambda k: tabular(k, "-nt", "two"), 2, "invalid int value"),
     ("tabular into image", "image", tabular, 1, "no image column"),
     # 3. never write over an input; only regular files are replaced
