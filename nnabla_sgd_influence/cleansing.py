@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .csvfile import read_records
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .output import relative_path, staged
 from .signals import checkpoints
 
@@ -129,7 +129,8 @@ def _check_records_match(dataset, records: List[str]) -> None:
     table = dataset.table
     if len(records) != len(table):
         raise InfluenceError(
-            f"{dataset.path}: {len(records)} records but {len(table)} rows were read; "
+            f"{excerpt_path(dataset.path)}: {len(records)} records but {len(table)} rows were "
+            "read; "
             "the cleansed CSV is not written"
         )
     rows = table.astype(str).values.tolist()
@@ -137,7 +138,7 @@ def _check_records_match(dataset, records: List[str]) -> None:
         fields = next(csv.reader(io.StringIO(record)), [])
         if fields[: len(rows[i])] != rows[i]:
             raise InfluenceError(
-                f"{dataset.path}: record {i} does not read back as row {i}; "
+                f"{excerpt_path(dataset.path)}: record {i} does not read back as row {i}; "
                 "the cleansed CSV is not written"
             )
 

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .arguments import HVP_METHODS
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .graphs import GraphCache, SecondOrderGraph, layers_without_second_order, reaches
 from .second_order import passing_interrupts
 
@@ -156,7 +156,8 @@ def create_pass(graphs: GraphCache, method: str = "auto"):
     names = ", ".join(f"'{layer.name}' ({layer.type})" for layer in suspects) or "a layer"
     if method == "autodiff":
         raise InfluenceError(
-            f"{model.path}: layer {names} has no second-order backward in this nnabla "
+            f"{excerpt_path(model.path)}: layer {names} has no second-order backward in this "
+            "nnabla "
             f"({problem}); use --hvp finite-difference"
         )
     log.warning(

@@ -30,7 +30,7 @@ import stat
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt_path
 from .oserrors import too_long
 from .output import relative_path
 from .staging import TEMPORARY_NAME_CHARS
@@ -51,7 +51,7 @@ _KINDS = {
 
 
 def _show(path) -> str:
-    return excerpt(os.fspath(path), 300)
+    return excerpt_path(path)
 
 
 def input_identities(inputs: Iterable[Tuple[str, os.PathLike]]) -> Dict[Identity, str]:

@@ -25,7 +25,7 @@ from .compat import warn_if_untested_nnabla
 from .context import NNTXT_NAME, resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
-from .errors import InfluenceError, RunStopped
+from .errors import InfluenceError, RunStopped, excerpt_path
 from .graphs import RANDOM_LAYERS
 from .model import NnpModel, load_model
 from .mpi import launched
@@ -192,7 +192,7 @@ def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
     train, val = datasets
     if settings.kind == "image" and train.image_variable is None:
         raise InfluenceError(
-            f"{settings.input_train} has no image column: use the tabular plugin for "
+            f"{excerpt_path(settings.input_train)} has no image column: use the tabular plugin for "
             "tabular datasets"
         )
     if settings.remove_top:
@@ -213,7 +213,7 @@ def check_settings(settings: RunSettings) -> None:
         raise InfluenceError("tile draws images: it is for the image plugin")
     for label, path in files_read(settings)[:3]:
         if not Path(path).is_file():
-            raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {path}")
+            raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {excerpt_path(path)}")
     check_outputs(settings.outputs(), files_read(settings))
     if settings.temp_dir is not None:
         check_temporary_parent(settings.temp_dir)
