@@ -22,7 +22,7 @@ from .api import compute_influence
 from .arguments import InfluenceArguments
 from .cleansing import check_remove_top, cleansed_path
 from .compat import warn_if_untested_nnabla
-from .context import NNTXT_NAME, resolve_context
+from .context import resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
 from .errors import InfluenceError, RunStopped, excerpt_path
@@ -31,9 +31,15 @@ from .model import NnpModel, load_model
 from .mpi import launched
 from .mpi import world as mpi_world
 from .output import write_image_csv, write_step_log, write_tabular_csv
-from .paths import check_outputs, check_temporary_parent, image_inputs, rebase_image_cells
+from .paths import (
+    check_outputs,
+    check_temporary_parent,
+    image_inputs,
+    rebase_image_cells,
+)
+from .paths import files_read as run_files_read
 from .progress import BarProgress, Progress
-from .results import InfluenceResult
+from .results import InfluenceResult, check_row_count
 from .staging import StagedOutputs, staged_outputs
 from .tile import tile_path
 
@@ -197,6 +203,8 @@ def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
         )
     if settings.remove_top:
         check_remove_top(settings.remove_top, len(train))
+    if settings.tile:
+        check_row_count("tile", settings.tile, len(train), least=1)
     check_outputs(settings.outputs(), files_read(settings, train, val))
     return model, train, val
 
@@ -230,14 +238,9 @@ def check_settings(settings: RunSettings) -> None:
 def files_read(settings: RunSettings, *datasets: Dataset) -> Labelled:
     """Every file the run reads: the model, both CSVs, the images of ``datasets``, and the
     ``net.nntxt`` of the working folder (read for the context)."""
-    files = [
-        ("the model file", Path(settings.model)),
-        ("the input-train file", Path(settings.input_train)),
-        ("the input-val file", Path(settings.input_val)),
-    ]
-    nntxt = Path.cwd() / NNTXT_NAME
-    if settings.context is None and nntxt.is_file():
-        files.append((f"the {NNTXT_NAME} read for the context", nntxt))
+    files = run_files_read(
+        settings.model, settings.input_train, settings.input_val, settings.context
+    )
     for role, dataset in zip(("input-train", "input-val"), datasets):
         for paths in dataset.image_files().values():
             files.extend(image_inputs(role, paths))

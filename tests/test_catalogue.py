@@ -417,6 +417,7 @@ CASES = [
     ("dropout", "tabular", lambda k: tabular(k, model="cancer_mlp_dropout"), 1, "Dropout"),
     ("bad int", "tabular", lambda k: tabular(k, "-nt", "two"), 2, "invalid int value"),
     ("tabular into image", "image", tabular, 1, "no image column"),
+    ("tile beyond the rows", "image", lambda k: image(k, "--tile", "21"), 1, "from 1 to 20"),
     # 3. never write over an input; only regular files are replaced
     ("output is an image", "image", _output_is_image, 1, "is the image of"),
     ("output hard-links an image", "image", _output_hard_links_image, 1, "hard link"),
