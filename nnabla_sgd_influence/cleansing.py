@@ -61,14 +61,20 @@ class Counts:
     top_distinguishable: Optional[int]  # of those, how many differ from zero (None: 1 trial)
 
     def describe(self, n_trials: int) -> str:
+        """The summary's sentence, its verbs agreeing with its counts."""
+        one = self.negative == 1
         text = (
-            f"{self.negative} of {self.rows} rows have negative influence (removing them should "
-            f"lower the validation loss), {self.positive} positive (they help), {self.zero} zero"
+            f"{self.negative} of {self.rows} {'row' if self.rows == 1 else 'rows'} "
+            f"{'has' if one else 'have'} negative influence (removing {'it' if one else 'them'} "
+            f"should lower the validation loss), {self.positive} positive "
+            f"({'it helps' if self.positive == 1 else 'they help'}), {self.zero} zero"
         )
         if self.top_distinguishable is not None:
+            harmful = "the most harmful row" if self.top == 1 else f"the {self.top} most harmful"
+            verb = "is" if self.top_distinguishable == 1 else "are"
             text += (
-                f"; of the {self.top} most harmful, {self.top_distinguishable} are "
-                f"distinguishable from zero ({CONFIDENCE:.0%} interval over {n_trials} trials)"
+                f"; of {harmful}, {self.top_distinguishable} {verb} distinguishable from zero "
+                f"({CONFIDENCE:.0%} interval over {n_trials} trials)"
             )
         return text
 

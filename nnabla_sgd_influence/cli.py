@@ -20,7 +20,7 @@ from . import console, signals
 from .arguments import HVP_METHODS, MODES
 from .compat import import_nnabla
 from .context import CONTEXTS
-from .environment import check_environment, launched
+from .environment import check_interpreter, check_packages, launched
 from .errors import InfluenceError, RunStopped, one_line
 from .progress import close_open_bars
 
@@ -51,9 +51,11 @@ _TITLES = {
 }
 _DESCRIPTIONS = {
     "image": "For image datasets (x:image, y:label).\n"
-    "Output columns: x:image, y:label, influence, datasource_index.",
+    "Output columns: x:image, y:label, influence, datasource_index, then influence_std\n"
+    "(the spread over the trials) when there is more than one trial.",
     "tabular": "For tabular datasets (x__0, x__1, ..., y); models with Dropout are refused.\n"
-    "Output columns: index, influence, datasource_index, then the row's own columns.",
+    "Output columns: index, influence, datasource_index, then influence_std (the spread\n"
+    "over the trials) when there is more than one trial, then the row's own columns.",
 }
 _DEFAULTS = {
     "image": {"batch_size": 32, "n_trials": 6, "output": "influence.csv"},
@@ -240,12 +242,13 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     configure_logging(debug)
     try:
-        check_environment()
+        check_interpreter()  # even for -h: see environment.py
     except InfluenceError as error:
         report(f"error: {one_line(error)}")
         return 1
     args = build_parser(kind).parse_args(argv)
     try:
+        check_packages()
         signals.checkpoint()
         import_nnabla()  # a numpy that does not fit the installed nnabla, explained
         from .pipeline import run

@@ -1,9 +1,12 @@
 """What the plugins need from the Python that runs them, checked without importing it.
 
-NNC runs plugins with its own Python and its own NNabla. Before any work (and for ``-h``, which
-NNC runs to build its dialogs) :func:`check_environment` names, on one line, what is missing:
-a Python outside 3.8-3.10, NNabla absent or outside the supported range, pandas absent. It
-reads installed packages' metadata only, so it costs milliseconds and imports nothing heavy.
+NNC runs plugins with its own Python and its own NNabla, and runs each with ``-h`` to list it
+and build its dialog. :func:`check_interpreter` runs first, even for ``-h``: a Python outside
+3.8-3.10, or NNabla absent or too old, is not a Python that can run the plugin at all, so its
+help would promise what it cannot do. :func:`check_packages` runs when the plugin runs: a
+missing run-time package (pandas, scipy, ...) is named then, and ``-h`` still works, so that
+NNC keeps the plugin in its menu. Both read installed packages' metadata only, so they cost
+milliseconds and import nothing heavy.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ def installed_version(distribution: str) -> Optional[str]:
 
 def check_environment() -> None:
     """Raise :class:`InfluenceError` naming what this Python lacks to run the plugins."""
+    check_interpreter()
+    check_packages()
+
+
+def check_interpreter() -> None:
+    """Raise :class:`InfluenceError` when this Python or its NNabla cannot run the plugins."""
     python = sys.executable or "this Python"
     low, high = PYTHON_RANGE
     if not low <= sys.version_info[:2] <= high:
@@ -54,6 +63,11 @@ def check_environment() -> None:
             f"newer ({python} -m pip install 'nnabla>={oldest}'; a CUDA extension must match "
             "it exactly)"
         )
+
+
+def check_packages() -> None:
+    """Raise :class:`InfluenceError` naming the first run-time package this Python lacks."""
+    python = sys.executable or "this Python"
     for package in RUN_TIME_PACKAGES:
         if _missing(package):
             name = {"PIL": "pillow", "google.protobuf": "protobuf"}.get(package, package)
