@@ -42,6 +42,7 @@ import numpy as np
 
 from .compat import unknown_field_hint
 from .errors import InfluenceError, excerpt, excerpt_path
+from .limits import HDF5_OPEN_BYTES, check_room
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -247,6 +248,7 @@ class NnpArchive:
         if budget is None:  # what the kind's bound leaves after the datasets read before
             budget = self.bounds[kind] - self._declared.get(kind, 0)
         data = self.read(name)
+        check_room(HDF5_OPEN_BYTES, "open an HDF5 file")  # HDF5 would crash without it
         try:
             h5 = h5py.File(io.BytesIO(data), "r")
         except Exception as error:  # h5py raises OSError, ValueError, KeyError...

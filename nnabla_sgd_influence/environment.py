@@ -7,6 +7,8 @@ help would promise what it cannot do. :func:`check_packages` runs when the plugi
 missing run-time package (pandas, scipy, ...) is named then, and ``-h`` still works, so that
 NNC keeps the plugin in its menu. Both read installed packages' metadata only, so they cost
 milliseconds and import nothing heavy.
+
+:func:`use_single_threaded_blas` is the one process-wide setting of a plugin run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .errors import InfluenceError
 PYTHON_RANGE = ((3, 8), (3, 10))  # NNabla publishes wheels for these
 NNABLA_OLDEST = NNABLA_RANGE[0]
 RUN_TIME_PACKAGES = ("numpy", "scipy", "PIL", "h5py", "google.protobuf", "tqdm", "pandas")
+BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
 
 
 def installed_version(distribution: str) -> Optional[str]:
@@ -74,6 +77,19 @@ def check_packages() -> None:
             raise InfluenceError(
                 f"{python} lacks the package '{name}': install it ({python} -m pip install {name})"
             )
+
+
+def use_single_threaded_blas() -> None:
+    """Have OpenBLAS (numpy's and scipy's each) start no threads: set before numpy loads.
+
+    The plugins compute with NNabla, which does not use OpenBLAS, and run trials in worker
+    processes for parallelism. Left alone, each OpenBLAS starts a thread per core when it is
+    loaded and allocates a buffer for each; under an address-space limit (``ulimit -v``) that
+    allocation fails and OpenBLAS retries it forever, so that the run hangs in an import. With
+    one thread it allocates nothing when it loads. Set for the whole process (and the worker
+    processes it starts), whatever the environment said.
+    """
+    os.environ[BLAS_THREADS_VARIABLE] = "1"
 
 
 def _missing(module: str) -> bool:

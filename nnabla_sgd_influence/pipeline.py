@@ -10,6 +10,8 @@ cleansed CSV, the tile) are staged and renamed into place together, or not at al
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
 import time
@@ -27,6 +29,7 @@ from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
 from .errors import InfluenceError, RunStopped, excerpt_path
 from .graphs import RANDOM_LAYERS
+from .limits import OPENBLAS_LOAD_BYTES, check_room
 from .model import NnpModel, load_model
 from .mpi import launched
 from .mpi import world as mpi_world
@@ -38,7 +41,7 @@ from .paths import (
     rebase_image_cells,
 )
 from .paths import files_read as run_files_read
-from .progress import BarProgress, Progress
+from .progress import BarProgress, Progress, without_monitor_thread
 from .results import InfluenceResult, check_row_count
 from .staging import StagedOutputs, staged_outputs
 from .tile import tile_path
@@ -49,6 +52,27 @@ KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
 SUMMARY_TOP = 10  # rows looked at in the summary's count, without --remove_top
 Labelled = List[Tuple[str, Path]]  # (what a file is, its path), for messages
+# Every module a run imports on its way that is not imported by then (see
+# import_run_time_modules); the optional ones are private to nnabla, with fallbacks.
+RUN_TIME_MODULES = (
+    "numpy",
+    "pandas",
+    "h5py",
+    "tqdm",
+    "PIL.Image",
+    "PIL.PngImagePlugin",
+    "google.protobuf.text_format",
+    "google.protobuf.descriptor",
+    "nnabla.function",
+    "nnabla.functions",
+    "nnabla.solvers",
+    "nnabla.ext_utils",
+    "nnabla.utils.nnabla_pb2",
+    "nnabla.utils.learning_rate_scheduler",
+)
+OPTIONAL_RUN_TIME_MODULES = ("nnabla.utils.load_function", "nnabla.backward_functions")
+SPREAD_MODULES = ("scipy.stats",)  # the summary's t-interval, with several trials
+TILE_MODULES = ("PIL.ImageDraw", "PIL.ImageFont")
 
 
 @dataclass
@@ -93,6 +117,8 @@ def run(
     to the others, all share the work, rank 0 writes; the other ranks return None.
     """
     start = time.perf_counter()
+    import_run_time_modules(settings, arguments)
+    without_monitor_thread()
     world = mpi_world()
     if world is None and launched()[0] > 1:
         if launched()[1] != 0:
@@ -120,8 +146,8 @@ def run(
         workers=settings.workers,
         progress=BarProgress() if progress is None else progress,
     )
+    counts = result.counts(settings.remove_top or SUMMARY_TOP)  # nothing fails after the write
     write_outputs(settings, train, result)
-    counts = result.counts(settings.remove_top or SUMMARY_TOP)
     log.info(
         "scored %d rows in %.1f s (Hessian-vector products: %s); ranking written to %s",
         len(train),
@@ -134,6 +160,25 @@ def run(
 
     nnabla.logger.log(99, COMPLETION_MESSAGE)
     return result
+
+
+def import_run_time_modules(settings: RunSettings, arguments: InfluenceArguments) -> None:
+    """Import now every module the run would import later (scipy for the summary, Pillow's
+    drawing for the tile, pandas, nnabla's solvers...).
+
+    A library that cannot be loaded (an address-space limit such as ``ulimit -v`` leaves no
+    room to map it, or a broken install) then stops the run before any training and before any
+    output is written, never once the ranking is in place.
+    """
+    names = list(RUN_TIME_MODULES)
+    names += [name for name in OPTIONAL_RUN_TIME_MODULES if importlib.util.find_spec(name)]
+    if arguments.n_trials > 1:
+        check_room(OPENBLAS_LOAD_BYTES, "load scipy")  # an import that can hang
+        names += SPREAD_MODULES
+    if settings.tile:
+        names += TILE_MODULES
+    for name in names:
+        importlib.import_module(name)
 
 
 def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:

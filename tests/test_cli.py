@@ -392,6 +392,8 @@ def test_inputs_are_never_overwritten(samples, tmp_path):
         (KeyboardInterrupt(), 130, "interrupted"),
         (signals.Interrupted(signal.SIGHUP), 129, "interrupted"),
         (MemoryError(), 1, "error: out of memory"),
+        (ImportError("x.so: failed to map segment from shared object"), 1, "error: out of memory"),
+        (RuntimeError("can't start new thread"), 1, "error: out of memory"),
         (
             RuntimeError("boom\nmore"),
             2,
