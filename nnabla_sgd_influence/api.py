@@ -11,6 +11,7 @@ numbers they write.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -18,13 +19,14 @@ from .arguments import InfluenceArguments
 from .context import select_context
 from .datasets import Dataset, load_dataset
 from .engine import run_trials, warn_about_batches_of_one
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt
 from .model import NnpModel, load_model
 from .mpi import run_trials_over_mpi
 from .mpi import world as mpi_world
 from .parallel import default_workers, run_trials_in_processes
+from .paths import files_read
 from .progress import Progress, as_progress
-from .results import InfluenceResult
+from .results import InfluenceResult, images_read
 from .solvers import warn_if_not_modeled
 from .workspace import workspace
 
@@ -59,8 +61,13 @@ def compute_influence(
     one per trial); ``progress`` is ``True`` for bars, ``False`` for none, or
     ``callback(phase, done, total)``. Under ``mpirun`` (with mpi4py) every rank calls this and
     the ranks share the work; rank 0 gets the result, the others None.
-    Raises :class:`~.errors.InfluenceError` with a one-line message on bad input.
+    Raises :class:`~.errors.InfluenceError` with a one-line message on bad input, an input
+    of the wrong type included, before any training.
+
+    The result knows which files were read, so that its writers never write over one: all
+    of them when paths are given; for loaded objects, the files they were loaded from.
     """
+    check_input_types(model, input_train, input_val)
     arguments = InfluenceArguments(
         batch_size=batch_size,
         seed=seed,
@@ -88,17 +95,54 @@ def compute_influence(
     context_object = select_context(context, device_id)
     for_workers = ("cudnn" if "cudnn" in str(context_object.backend) else "cpu", device_id)
     folder = workspace(None if temp_dir is None else Path(temp_dir), keep=keep_temp)
+    sources = (getattr(source, "path", None) for source in (model, train, val))
+    read = files_read(*sources, context)  # net.nntxt: if the context was chosen from it
     with nn.context_scope(context_object), folder as path:
         inputs = (model, train, val, arguments, path)
         options = dict(keep_temp=keep_temp, progress=as_progress(progress))
         if world is not None:
-            return run_trials_over_mpi(*inputs, world, **options)
-        if workers > 1:
-            return run_trials_in_processes(*inputs, workers=workers, context=for_workers, **options)
-        return run_trials(*inputs, **options)
+            result = run_trials_over_mpi(*inputs, world, **options)
+        elif workers > 1:
+            result = run_trials_in_processes(
+                *inputs, workers=workers, context=for_workers, **options
+            )
+        else:
+            result = run_trials(*inputs, **options)
+    if result is not None:  # rank 0, or no MPI
+        result.files_read = tuple((label, str(path)) for label, path in read)
+        result.images_read = images_read(train, "input-train") + images_read(val, "input-val")
+    return result
+
+
+def check_input_types(model: object, input_train: object, input_val: object) -> None:
+    """Refuse, before any work, an input that is neither a path nor a loaded object."""
+    if not (_is_path(model) or isinstance(model, NnpModel)):
+        raise InfluenceError(
+            f"model must be the path of a .nnp file or a loaded NnpModel, got {_kind(model)}"
+        )
+    for name, source in (("input_train", input_train), ("input_val", input_val)):
+        if not (_is_path(source) or _is_dataset(source)):
+            raise InfluenceError(
+                f"{name} must be the path of a CSV file or a loaded Dataset, got {_kind(source)}"
+            )
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _is_dataset(value: object) -> bool:
+    """A :class:`Dataset`, or anything with ``len()`` and ``batch(rows)``."""
+    return isinstance(value, Dataset) or (
+        hasattr(value, "__len__") and callable(getattr(value, "batch", None))
+    )
+
+
+def _kind(value: object) -> str:
+    return "None" if value is None else f"{type(value).__name__} {excerpt(repr(value))}"
 
 
 def _dataset(source: Union[PathLike, Dataset], model: NnpModel, role: str) -> Dataset:
-    if not isinstance(source, (str, Path)):
+    if not _is_path(source):
         return source  # a Dataset, or anything with len() and batch(rows)
     return load_dataset(source, model.data_variables, model.normalize_images, role=role)

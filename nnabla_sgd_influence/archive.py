@@ -41,7 +41,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .compat import unknown_field_hint
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt, excerpt_path
+from .limits import HDF5_OPEN_BYTES, check_room
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -122,19 +123,21 @@ class NnpArchive:
             entries, directory = _directory_extent(self.path)
         except (zipfile.BadZipFile, OSError, struct.error) as error:
             raise InfluenceError(
-                f"{self.path} is not a .nnp file (not a zip archive: {excerpt(error, 120)})"
+                f"{excerpt_path(self.path)} is not a .nnp file (not a zip archive: "
+                f"{excerpt(error, 120)})"
             ) from None
         if entries > MAX_MEMBERS or directory > MAX_CENTRAL_DIRECTORY:
             raise InfluenceError(
-                f"{self.path} is refused: its zip directory lists {entries} members in "
-                f"{_human(directory)} (a .nnp holds a few; at most {MAX_MEMBERS} members "
-                f"and {_human(MAX_CENTRAL_DIRECTORY)} are read)"
+                f"{excerpt_path(self.path)} is refused: its zip directory lists {entries} "
+                f"members in {_human(directory)} (a .nnp holds a few; at most {MAX_MEMBERS} "
+                f"members and {_human(MAX_CENTRAL_DIRECTORY)} are read)"
             )
         try:
             self._zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as error:
             raise InfluenceError(
-                f"{self.path} is not a .nnp file (not a zip archive: {excerpt(error, 120)})"
+                f"{excerpt_path(self.path)} is not a .nnp file (not a zip archive: "
+                f"{excerpt(error, 120)})"
             ) from None
         self._check_declared_sizes()
 
@@ -162,14 +165,16 @@ class NnpArchive:
 
     def _too_large(self, name: str, kind: str, size: int) -> InfluenceError:
         return InfluenceError(
-            f"{self.path}: member '{excerpt(name)}' is refused: it expands to {_human(size)}, "
-            f"and a .nnp's {kind} may take at most {_human(self.bounds[kind])} "
+            f"{excerpt_path(self.path)}: member '{excerpt(name)}' is refused: it expands to "
+            f"{_human(size)}, and a .nnp's {kind} may take at most {_human(self.bounds[kind])} "
             "(a damaged or hostile file)"
         )
 
     def _error(self, name: str, what: str, error: BaseException) -> InfluenceError:
         detail = excerpt(str(error) or type(error).__name__, 120)
-        return InfluenceError(f"{self.path}: member '{excerpt(name)}' {what} ({detail})")
+        return InfluenceError(
+            f"{excerpt_path(self.path)}: member '{excerpt(name)}' {what} ({detail})"
+        )
 
     # ----------------------------------------------------------------------------------
     # Members
@@ -198,7 +203,7 @@ class NnpArchive:
             return data.decode("utf-8")
         except UnicodeDecodeError as error:
             raise InfluenceError(
-                f"{self.path}: member '{excerpt(name)}' is not UTF-8 text "
+                f"{excerpt_path(self.path)}: member '{excerpt(name)}' is not UTF-8 text "
                 f"(byte {error.start} of {len(data)})"
             ) from None
 
@@ -210,7 +215,9 @@ class NnpArchive:
         proto = nnabla_pb2.NNablaProtoBuf()
         names = [n for n in self.names() if member_kind(n) == NETWORK]
         if not names:
-            raise InfluenceError(f"{self.path} is not a .nnp file: it holds no network definition")
+            raise InfluenceError(
+                f"{excerpt_path(self.path)} is not a .nnp file: it holds no network definition"
+            )
         for name in names:
             binary = name.endswith(".protobuf")
             content = self.read(name) if binary else self.read_text(name)
@@ -241,6 +248,7 @@ class NnpArchive:
         if budget is None:  # what the kind's bound leaves after the datasets read before
             budget = self.bounds[kind] - self._declared.get(kind, 0)
         data = self.read(name)
+        check_room(HDF5_OPEN_BYTES, "open an HDF5 file")  # HDF5 would crash without it
         try:
             h5 = h5py.File(io.BytesIO(data), "r")
         except Exception as error:  # h5py raises OSError, ValueError, KeyError...
@@ -250,7 +258,8 @@ class NnpArchive:
             declared = sum(size for _, _, size in datasets)
             if declared > budget:
                 raise InfluenceError(
-                    f"{self.path}: member '{excerpt(name)}' is refused: its datasets declare "
+                    f"{excerpt_path(self.path)}: member '{excerpt(name)}' is refused: its "
+                    "datasets declare "
                     f"{_human(declared)} of values, more than the {_human(budget)} read for "
                     f"{kind} (a damaged or hostile file)"
                 )
@@ -282,7 +291,9 @@ class NnpArchive:
         except Exception as error:
             raise self._error(name, "is not a valid HDF5 file", error) from None
         if problems:
-            raise InfluenceError(f"{self.path}: member '{excerpt(name)}': {problems[0]}")
+            raise InfluenceError(
+                f"{excerpt_path(self.path)}: member '{excerpt(name)}': {problems[0]}"
+            )
         return found
 
     def read_h5(self, name: str, budget: Optional[int] = None) -> List[Tuple[int, str, np.ndarray]]:
@@ -311,7 +322,9 @@ class NnpArchive:
 def parameters_of(proto, path: os.PathLike, member: str = "") -> Dict[str, np.ndarray]:
     """``proto.parameter`` as float32 arrays; a value count that does not fit its shape is an
     error naming the parameter."""
-    where = f"{path}: member '{excerpt(member)}'" if member else f"{path}"
+    where = (
+        f"{excerpt_path(path)}: member '{excerpt(member)}'" if member else f"{excerpt_path(path)}"
+    )
     parameters: Dict[str, np.ndarray] = {}
     for entry in proto.parameter:
         shape = tuple(int(d) for d in entry.shape.dim)
@@ -335,13 +348,13 @@ def check_variable_shapes(proto, path: os.PathLike, limit: int = MAX_ROW_ELEMENT
             row = dims[1:] if dims and dims[0] in (-1, network.batch_size) else dims
             if any(d < 0 for d in row):
                 raise InfluenceError(
-                    f"{path}: variable '{excerpt(variable.name)}' of network "
+                    f"{excerpt_path(path)}: variable '{excerpt(variable.name)}' of network "
                     f"'{excerpt(network.name)}' has a negative size in shape {excerpt(dims)}"
                 )
             elements = float(np.prod(row, dtype=np.float64)) if row else 1.0
             if elements > limit:
                 raise InfluenceError(
-                    f"{path}: variable '{excerpt(variable.name)}' of network "
+                    f"{excerpt_path(path)}: variable '{excerpt(variable.name)}' of network "
                     f"'{excerpt(network.name)}' has {elements:.3g} values per row (shape "
                     f"{excerpt(dims)}), more than the {limit} this tool builds"
                 )

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .csvfile import read_records
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .output import relative_path, staged
 from .signals import checkpoints
 
@@ -61,14 +61,20 @@ class Counts:
     top_distinguishable: Optional[int]  # of those, how many differ from zero (None: 1 trial)
 
     def describe(self, n_trials: int) -> str:
+        """The summary's sentence, its verbs agreeing with its counts."""
+        one = self.negative == 1
         text = (
-            f"{self.negative} of {self.rows} rows have negative influence (removing them should "
-            f"lower the validation loss), {self.positive} positive (they help), {self.zero} zero"
+            f"{self.negative} of {self.rows} {'row' if self.rows == 1 else 'rows'} "
+            f"{'has' if one else 'have'} negative influence (removing {'it' if one else 'them'} "
+            f"should lower the validation loss), {self.positive} positive "
+            f"({'it helps' if self.positive == 1 else 'they help'}), {self.zero} zero"
         )
         if self.top_distinguishable is not None:
+            harmful = "the most harmful row" if self.top == 1 else f"the {self.top} most harmful"
+            verb = "is" if self.top_distinguishable == 1 else "are"
             text += (
-                f"; of the {self.top} most harmful, {self.top_distinguishable} are "
-                f"distinguishable from zero ({CONFIDENCE:.0%} interval over {n_trials} trials)"
+                f"; of {harmful}, {self.top_distinguishable} {verb} distinguishable from zero "
+                f"({CONFIDENCE:.0%} interval over {n_trials} trials)"
             )
         return text
 
@@ -129,7 +135,8 @@ def _check_records_match(dataset, records: List[str]) -> None:
     table = dataset.table
     if len(records) != len(table):
         raise InfluenceError(
-            f"{dataset.path}: {len(records)} records but {len(table)} rows were read; "
+            f"{excerpt_path(dataset.path)}: {len(records)} records but {len(table)} rows were "
+            "read; "
             "the cleansed CSV is not written"
         )
     rows = table.astype(str).values.tolist()
@@ -137,7 +144,7 @@ def _check_records_match(dataset, records: List[str]) -> None:
         fields = next(csv.reader(io.StringIO(record)), [])
         if fields[: len(rows[i])] != rows[i]:
             raise InfluenceError(
-                f"{dataset.path}: record {i} does not read back as row {i}; "
+                f"{excerpt_path(dataset.path)}: record {i} does not read back as row {i}; "
                 "the cleansed CSV is not written"
             )
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from contextlib import suppress
 from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
@@ -20,13 +21,28 @@ from . import console, signals
 from .arguments import HVP_METHODS, MODES
 from .compat import import_nnabla
 from .context import CONTEXTS
-from .environment import check_environment, launched
+from .environment import check_interpreter, check_packages, launched, use_single_threaded_blas
 from .errors import InfluenceError, RunStopped, one_line
+from .limits import OPENBLAS_LOAD_BYTES, check_room, is_out_of_memory
 from .progress import close_open_bars
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
 # Third-party packages the plugins import: a missing one is the user's setup, not our bug.
-_REQUIREMENTS = {"nnabla", "nnabla_ext", "numpy", "pandas", "PIL", "tqdm", "h5py", "google"}
+_REQUIREMENTS = {
+    "nnabla",
+    "nnabla_ext",
+    "numpy",
+    "scipy",
+    "pandas",
+    "PIL",
+    "tqdm",
+    "h5py",
+    "google",
+}
+OUT_OF_MEMORY = (
+    "error: out of memory: the run needs more memory than this process may use (the "
+    "machine's, or a limit such as ulimit -v)"
+)
 
 _PAPERS = """
 Ranks every row of the training dataset by its SGD-Influence on the validation loss:
@@ -51,9 +67,11 @@ _TITLES = {
 }
 _DESCRIPTIONS = {
     "image": "For image datasets (x:image, y:label).\n"
-    "Output columns: x:image, y:label, influence, datasource_index.",
+    "Output columns: x:image, y:label, influence, datasource_index, then influence_std\n"
+    "(the spread over the trials) when there is more than one trial.",
     "tabular": "For tabular datasets (x__0, x__1, ..., y); models with Dropout are refused.\n"
-    "Output columns: index, influence, datasource_index, then the row's own columns.",
+    "Output columns: index, influence, datasource_index, then influence_std (the spread\n"
+    "over the trials) when there is more than one trial, then the row's own columns.",
 }
 _DEFAULTS = {
     "image": {"batch_size": 32, "n_trials": 6, "output": "influence.csv"},
@@ -229,10 +247,14 @@ def report(line: str) -> None:
     close_open_bars()
     if launched()[1] != 0:  # an MPI rank other than 0: rank 0 prints the run's line
         return
-    if any(isinstance(h, _PluginHandler) for h in logging.getLogger().handlers):
-        logging.getLogger("nnabla").error(line, extra={"bare": True})
-    else:
-        print(line, file=sys.stderr)
+    try:
+        if any(isinstance(h, _PluginHandler) for h in logging.getLogger().handlers):
+            logging.getLogger("nnabla").error(line, extra={"bare": True})
+        else:
+            print(line, file=sys.stderr)
+    except MemoryError:  # too little memory left even for a log record
+        with suppress(OSError, MemoryError):
+            os.write(2, f"{line}\n".encode("utf-8", "replace"))
 
 
 def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
@@ -240,13 +262,15 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     configure_logging(debug)
     try:
-        check_environment()
+        check_interpreter()  # even for -h: see environment.py
     except InfluenceError as error:
         report(f"error: {one_line(error)}")
         return 1
     args = build_parser(kind).parse_args(argv)
     try:
+        check_packages()
         signals.checkpoint()
+        check_room(OPENBLAS_LOAD_BYTES, "load numpy")  # an import that can hang
         import_nnabla()  # a numpy that does not fit the installed nnabla, explained
         from .pipeline import run
 
@@ -262,28 +286,32 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as error:
         report("interrupted")
         return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
-    except MemoryError:
+    except Exception as error:
+        return _failure(error, debug)
+    return 0
+
+
+def _failure(error: Exception, debug: bool) -> int:
+    """Report a failure that is not an :class:`InfluenceError`; return the exit code."""
+    if _caused_by_interrupt(error):  # with signals.install() no longer raised in nnabla
+        report("interrupted")
+        return signals.INTERRUPTED_EXIT_CODE
+    if is_out_of_memory(error):  # a MemoryError, or a library that could not be mapped
         if debug:
             traceback.print_exc()
-        report("error: out of memory: the input is too large for this machine")
+        report(OUT_OF_MEMORY)
         return 1
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in _REQUIREMENTS:
-            return _internal_error(error, debug)
+    missing = getattr(error, "name", None) or ""
+    if isinstance(error, ModuleNotFoundError) and missing.split(".")[0] in _REQUIREMENTS:
         if debug:
             traceback.print_exc()
         python = sys.executable or "this Python"
         report(
-            f"error: {python} lacks the package '{error.name}': install it "
-            f"({python} -m pip install {error.name.split('.')[0]})"
+            f"error: {python} lacks the package '{missing}': install it "
+            f"({python} -m pip install {missing.split('.')[0]})"
         )
         return 1
-    except Exception as error:
-        if _caused_by_interrupt(error):  # with signals.install() no longer raised in nnabla
-            report("interrupted")
-            return signals.INTERRUPTED_EXIT_CODE
-        return _internal_error(error, debug)
-    return 0
+    return _internal_error(error, debug)
 
 
 def _caused_by_interrupt(error: BaseException) -> bool:
@@ -327,12 +355,13 @@ def run_process(kind: str, argv: Optional[List[str]] = None) -> int:
     """:func:`main` as the whole life of a process (the plugin scripts, the console scripts).
 
     Streams and signal handling are set first (the plugin scripts have set them already,
-    before anything slow), and a late signal cannot turn the exit code into a death by signal
-    while the interpreter shuts down. Not for a process that goes on working: tests and
-    notebooks call :func:`main`, which changes nothing process-wide.
+    before anything slow), then OpenBLAS's threads (none), and a late signal cannot turn the
+    exit code into a death by signal while the interpreter shuts down. Not for a process that
+    goes on working: tests and notebooks call :func:`main`, which changes nothing process-wide.
     """
     console.guard()
     signals.install()
+    use_single_threaded_blas()  # before numpy loads (see environment.py)
     code = main(kind, argv)
     signals.hold_until_exit()
     return code

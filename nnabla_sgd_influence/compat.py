@@ -98,10 +98,14 @@ NUMPY_FOR_NNABLA = {
     (1, 38): "1.26.0",
     (1, 39): "1.26.0",
 }
-_NUMPY_MISMATCH = (
-    r"module 'numpy' has no attribute '(bool|int|float|object)'",  # numpy too new for 1.32
-    r"numpy\.core\.multiarray failed to import|compiled against API version",  # too old
-    r"size changed, may indicate binary incompatibility",  # numpy 2 under a numpy 1 build
+# Compiled now: a failed import of nnabla may leave too little memory to compile them then.
+_NUMPY_MISMATCH = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"module 'numpy' has no attribute '(bool|int|float|object)'",  # numpy too new for 1.32
+        r"numpy\.core\.multiarray failed to import|compiled against API version",  # too old
+        r"size changed, may indicate binary incompatibility",  # numpy 2 under a numpy 1 build
+    )
 )
 
 
@@ -109,15 +113,16 @@ def import_nnabla():
     """``import nnabla``; a numpy that does not fit the installed nnabla is explained.
 
     Raises :class:`InfluenceError` naming the numpy to install (see ``NUMPY_FOR_NNABLA``);
-    any other failure, a missing nnabla included, is raised as it is.
+    any other failure, a missing nnabla or memory that ran out included, is raised as it is.
+    Either way the exit hook of the half-imported nnabla is dropped.
     """
     try:
         import nnabla
-    except (AttributeError, ImportError, RuntimeError, ValueError) as error:
+    except (AttributeError, ImportError, RuntimeError, ValueError, MemoryError) as error:
+        _forget_half_imported_nnabla()
         message = numpy_mismatch_message(error)
         if message is None:
             raise
-        _forget_half_imported_nnabla()
         raise InfluenceError(message) from None
     return nnabla
 
@@ -134,7 +139,7 @@ def _forget_half_imported_nnabla() -> None:
 
 def numpy_mismatch_message(error: BaseException) -> Optional[str]:
     """Why ``import nnabla`` failed, when the installed numpy does not fit it; else None."""
-    if not any(re.search(pattern, str(error)) for pattern in _NUMPY_MISMATCH):
+    if not any(pattern.search(str(error)) for pattern in _NUMPY_MISMATCH):
         return None
     from importlib import metadata
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,9 @@ def resolve_context(
     except InfluenceError as error:
         if source in ("--context", "default"):
             raise
-        raise InfluenceError(f"{error}; {source} asks for it (override: --context cpu)") from None
+        raise InfluenceError(
+            f"{error}; {excerpt_path(source)} asks for it (override: --context cpu)"
+        ) from None
 
 
 def select_context(requested: Optional[str], device_id: Optional[str] = "0") -> object:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt, excerpt_path
 
 _CHUNK = 1 << 20
 _UTF8_BOM = codecs.BOM_UTF8
@@ -49,7 +49,9 @@ def detect_format(path: Path, role: str, encoding: Optional[str] = None) -> CsvF
         with open(path, "rb") as stream:
             head = stream.read(_CHUNK)
     except OSError as error:
-        raise InfluenceError(f"{role}: cannot read {path} ({error.strerror})") from None
+        raise InfluenceError(
+            f"{role}: cannot read {excerpt_path(path)} ({error.strerror})"
+        ) from None
     newline = _newline(head)
     if encoding is not None:
         chosen = check_encoding(encoding)
@@ -62,13 +64,15 @@ def detect_format(path: Path, role: str, encoding: Optional[str] = None) -> CsvF
     ):
         return CsvFormat("utf-16", _newline(head.decode("utf-16", errors="ignore").encode()))
     if b"\0" in head:
-        raise InfluenceError(f"{role}: {path} is not a text file (it holds NUL bytes)")
+        raise InfluenceError(
+            f"{role}: {excerpt_path(path)} is not a text file (it holds NUL bytes)"
+        )
     for candidate in ("utf-8", "cp932"):
         if _decodes(path, candidate, role):
             return CsvFormat(candidate, newline)
     raise InfluenceError(
-        f"{role}: {path} is neither UTF-8 nor cp932 (Shift-JIS) text; save it as UTF-8, "
-        "or name its encoding with --encoding"
+        f"{role}: {excerpt_path(path)} is neither UTF-8 nor cp932 (Shift-JIS) text; save it "
+        "as UTF-8, or name its encoding with --encoding"
     )
 
 
@@ -92,12 +96,14 @@ def _decodes(path: Path, encoding: str, role: str, strict: bool = False) -> bool
     except UnicodeDecodeError as error:
         if strict:
             raise InfluenceError(
-                f"{role}: {path} is not {encoding} text "
+                f"{role}: {excerpt_path(path)} is not {encoding} text "
                 f"(byte {offset + error.start} cannot be decoded)"
             ) from None
         return False
     except OSError as error:
-        raise InfluenceError(f"{role}: cannot read {path} ({error.strerror})") from None
+        raise InfluenceError(
+            f"{role}: cannot read {excerpt_path(path)} ({error.strerror})"
+        ) from None
 
 
 def read_table(path: Path, role: str, encoding: Optional[str] = None):
@@ -106,9 +112,9 @@ def read_table(path: Path, role: str, encoding: Optional[str] = None):
 
     path = Path(path)
     if not path.exists():
-        raise InfluenceError(f"{role}: file not found: {path}")
+        raise InfluenceError(f"{role}: file not found: {excerpt_path(path)}")
     if not path.is_file():
-        raise InfluenceError(f"{role}: {path} is not a file")
+        raise InfluenceError(f"{role}: {excerpt_path(path)} is not a file")
     form = detect_format(path, role, encoding)
     try:
         with warnings.catch_warnings():
@@ -119,16 +125,20 @@ def read_table(path: Path, role: str, encoding: Optional[str] = None):
             )
     except pd.errors.EmptyDataError:
         raise InfluenceError(
-            f"{role}: {path} is empty: expected a header line and at least one data row"
+            f"{role}: {excerpt_path(path)} is empty: expected a header line and at least one "
+            "data row"
         ) from None
     except pd.errors.ParserWarning:
         raise InfluenceError(
-            f"{role}: {path} cannot be read as CSV: a data row has more fields than the header"
+            f"{role}: {excerpt_path(path)} cannot be read as CSV: a data row has more fields "
+            "than the header"
         ) from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-        raise InfluenceError(f"{role}: {path} cannot be read as CSV ({excerpt(error)})") from None
+        raise InfluenceError(
+            f"{role}: {excerpt_path(path)} cannot be read as CSV ({excerpt(error)})"
+        ) from None
     if len(table) == 0:
-        raise InfluenceError(f"{role}: {path} has a header but no data rows")
+        raise InfluenceError(f"{role}: {excerpt_path(path)} has a header but no data rows")
     return table, form
 
 

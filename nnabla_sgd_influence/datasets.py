@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .csvfile import CsvFormat, read_table
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt, excerpt_path
 from .images import IMAGE_EXTENSIONS, Locator, decode_images, image_paths, image_shape
 from .model import DataVariable
 
@@ -118,7 +118,9 @@ class Dataset:
         if not np.issubdtype(index.dtype, np.integer):
             raise TypeError(f"rows must hold integers, got {index.dtype}")
         if index.min() < 0 or index.max() >= len(self):
-            raise IndexError(f"row index out of range [0, {len(self)}) in {self.path}")
+            raise IndexError(
+                f"row index out of range [0, {len(self)}) in {excerpt_path(self.path)}"
+            )
         return index.astype(np.intp, copy=False)
 
 
@@ -140,7 +142,7 @@ def load_dataset(
     headers = _parse_headers(table.columns)
 
     def where(row: int, column: str) -> str:
-        return f"{role}: {path} row {row} (0-based data row), column '{column}'"
+        return f"{role}: {excerpt_path(path)} row {row} (0-based data row), column '{column}'"
 
     columns = {v.variable_name: _columns_for(v, headers, path, role) for v in data_variables}
     image_columns = {
@@ -154,7 +156,7 @@ def load_dataset(
         if variable.variable_name not in image_columns:
             names = columns[variable.variable_name]
             arrays[variable.variable_name] = _numeric_values(
-                table, names, variable, where, f"{role}: {path}"
+                table, names, variable, where, f"{role}: {excerpt_path(path)}"
             )
 
     images: Dict[str, List[str]] = {}
@@ -216,7 +218,10 @@ def _columns_for(
     mine = [h for h in headers if h.data_name == variable.data_name]
     plain = [h for h in mine if h.index is None]
     indexed = [h for h in mine if h.index is not None]
-    subject = f"{role}: {path}: data '{variable.data_name}' (variable '{variable.variable_name}')"
+    subject = (
+        f"{role}: {excerpt_path(path)}: data '{variable.data_name}' (variable "
+        f"'{variable.variable_name}')"
+    )
     if not mine:
         present = ", ".join(f"'{h.column}'" for h in headers) or "none"
         raise InfluenceError(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .compat import backward_function_registry, create_function_instance
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .second_order import SATURATING_PAIRS, SECOND_ORDER_EQUIVALENTS, SecondOrderLayers
 
 if TYPE_CHECKING:
@@ -207,7 +207,8 @@ def build_network(
                 args.append(params[input_name])
             else:
                 raise InfluenceError(
-                    f"{model.path}: layer '{function.name}' reads '{input_name}', which is "
+                    f"{excerpt_path(model.path)}: layer '{function.name}' reads "
+                    f"'{input_name}', which is "
                     "neither a data variable, a parameter nor an earlier layer's output"
                 )
         outputs = layer_builder(function, args, training) if layer_builder else None
@@ -248,7 +249,7 @@ def _per_sample_loss(model: NnpModel, variables: Dict[str, object], network: str
     for loss_name in model.loss_variables:
         if loss_name not in variables:
             raise InfluenceError(
-                f"{model.path}: network '{network}' does not compute '{loss_name}'"
+                f"{excerpt_path(model.path)}: network '{network}' does not compute '{loss_name}'"
             )
         loss = variables[loss_name]
         axes = tuple(range(1, loss.ndim))

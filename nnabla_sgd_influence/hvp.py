@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .arguments import HVP_METHODS
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt, excerpt_path
 from .graphs import (
     GraphCache,
     SecondOrderGraph,
@@ -162,7 +162,8 @@ def create_pass(graphs: GraphCache, method: str = "auto"):
     names = ", ".join(f"'{layer.name}' ({layer.type})" for layer in suspects) or "a layer"
     if method == "autodiff":
         raise InfluenceError(
-            f"{model.path}: layer {names} has no second-order backward in this nnabla "
+            f"{excerpt_path(model.path)}: layer {names} has no second-order backward in this "
+            "nnabla "
             f"({problem}); use --hvp finite-difference"
         )
     log.warning(

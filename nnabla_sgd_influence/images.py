@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .compat import bilinear_resample, sixteen_bit_png
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt_path
 from .limits import check_memory
 from .model import DataVariable
 from .signals import checkpoints
@@ -49,7 +49,7 @@ def image_shape(variable: DataVariable, column: str, path: Path, role: str) -> I
     if len(shape) == 2 and min(shape) > 0:
         return ImageShape(1, shape[0], shape[1], channel_axis=False)
     raise InfluenceError(
-        f"{role}: {path}: column '{column}' holds images, but variable "
+        f"{role}: {excerpt_path(path)}: column '{column}' holds images, but variable "
         f"'{variable.variable_name}' has shape {shape}; an image input needs (C, H, W) or (H, W)"
     )
 
@@ -71,8 +71,8 @@ def image_paths(column: pd.Series, csv_path: Path, name: str, where: Locator) ->
         resolved = _resolve(text, folder)
         if not os.path.isfile(resolved):
             raise InfluenceError(
-                f"{where(row, name)}: image file not found: {excerpt(resolved, 300)} "
-                f"(relative paths are taken from the CSV's folder {folder})"
+                f"{where(row, name)}: image file not found: {excerpt_path(resolved)} "
+                f"(relative paths are taken from the CSV's folder {excerpt_path(folder)})"
             )
         paths.append(resolved)
     return paths
@@ -132,7 +132,9 @@ def _open_image(path: str, location: str):
             return sixteen_bit_png(image) or image.copy()
     except Exception as error:  # Pillow reports unreadable files with many exception types
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise InfluenceError(f"{location}: {path} cannot be read as an image ({reason})") from None
+        raise InfluenceError(
+            f"{location}: {excerpt_path(path)} cannot be read as an image ({reason})"
+        ) from None
 
 
 def _to_array(image, shape: ImageShape, variable: DataVariable, location: str, path: str):
@@ -156,7 +158,7 @@ def _to_channels(image, channels: int, variable: DataVariable, location: str, pa
     if channels in (1, 3) and mode in _GRAY_MODES | _COLOR_MODES:
         return image.convert("L" if channels == 1 else "RGB")
     raise InfluenceError(
-        f"{location}: image {path} has pixel mode '{mode}' but variable "
+        f"{location}: image {excerpt_path(path)} has pixel mode '{mode}' but variable "
         f"'{variable.variable_name}' needs {channels} channel(s); supported are 8- or 16-bit "
         "grayscale, RGB and RGBA images for 1- or 3-channel inputs, and RGBA for 4 channels"
     )

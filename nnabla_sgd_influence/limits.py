@@ -3,16 +3,33 @@
 :func:`check_memory` refuses an allocation that cannot fit the machine (an image cache of
 60,000 rows of a hostile input shape, say) with one line, instead of a ``MemoryError`` or the
 kernel's out-of-memory kill half way through. (The seeds' limit is
-:class:`~.arguments.InfluenceArguments`'.)
+:class:`~.arguments.InfluenceArguments`'.) :func:`is_out_of_memory` tells memory that ran out
+anyway from other failures, whatever form it takes; :func:`check_room` keeps native code
+that does not survive a failed allocation (OpenBLAS loading, HDF5 opening a file) from
+starting without room for it.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from contextlib import suppress
 from typing import Optional
 
 from .errors import InfluenceError
+
+# What the dynamic loader and the C library say when no memory (or address space) is left;
+# an import then fails with an ImportError or OSError carrying these words, and a thread
+# whose stack cannot be mapped with a RuntimeError.
+_OUT_OF_MEMORY_WORDS = ("failed to map segment", "cannot allocate memory", "can't start new thread")
+# Address space that loading a library with OpenBLAS takes: the library and the buffer that
+# OpenBLAS allocates while it loads (measured: numpy 1.26 62 MB, scipy 1.15's linalg 82 MB),
+# with a margin. OpenBLAS retries a failed allocation forever: the import hangs.
+OPENBLAS_LOAD_BYTES = 128 << 20
+# What HDF5 allocates to open a file (its caches; measured: under 1 MB), with a margin. It does
+# not check that allocation: the process dies of a segmentation fault.
+HDF5_OPEN_BYTES = 16 << 20
 
 
 def physical_memory() -> Optional[int]:
@@ -20,15 +37,39 @@ def physical_memory() -> Optional[int]:
     total = None
     with suppress(AttributeError, OSError, ValueError):
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limit = address_space_limit()
+    if limit is not None:
+        total = limit if total is None else min(total, limit)
+    return total
+
+
+def address_space_limit() -> Optional[int]:
+    """This process's address-space limit in bytes (``ulimit -v``), or None when it has none."""
     try:
         import resource
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft not in (resource.RLIM_INFINITY, -1) and soft > 0:
-            total = soft if total is None else min(total, soft)
     except (ImportError, OSError, ValueError):
-        pass
-    return total
+        return None
+    return soft if soft not in (resource.RLIM_INFINITY, -1) and soft > 0 else None
+
+
+def check_room(nbytes: int, what: str) -> None:
+    """Raise :class:`MemoryError` unless ``nbytes`` of address space are left, under this
+    process's limit, to ``what``.
+
+    For native code that fails badly when an allocation fails (see ``OPENBLAS_LOAD_BYTES``
+    and ``HDF5_OPEN_BYTES``): under a tight ``ulimit -v`` it would hang or crash where the
+    run must end with the out-of-memory line. Mapping ``nbytes`` of inaccessible address
+    space for a moment tells whether it fits; a process without a limit has nothing to check.
+    """
+    if address_space_limit() is None:
+        return
+    try:
+        probe = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE, prot=0)
+    except (OSError, ValueError):
+        raise MemoryError(f"no room left in the address space to {what}") from None
+    probe.close()
 
 
 def _human(size: float) -> str:
@@ -47,3 +88,26 @@ def check_memory(nbytes: float, what: str) -> None:
             f"{what} needs {_human(nbytes)} of memory, more than the {_human(available)} "
             "this process can use"
         )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, means that memory ran out.
+
+    A :class:`MemoryError`; an ``OSError`` with ``ENOMEM``; an ``ImportError`` or ``OSError``
+    whose message is the loader's "failed to map segment from shared object" or the C
+    library's "cannot allocate memory" (a library that cannot be mapped under an address-space
+    limit such as ``ulimit -v``; numpy re-raises it under a message of its own); Python's
+    "can't start new thread" (no room for the thread's stack).
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, MemoryError) or getattr(error, "errno", None) == errno.ENOMEM:
+            return True
+        text = str(error).lower()
+        if isinstance(error, (ImportError, OSError, RuntimeError)) and any(
+            words in text for words in _OUT_OF_MEMORY_WORDS
+        ):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -19,7 +19,7 @@ import numpy as np
 
 from .archive import PARAMETERS, NnpArchive, check_variable_shapes, member_kind, parameters_of
 from .compat import skip_missing_extension_lookup
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .solvers import SolverSpec, read_solver_spec
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def load_model(path: Union[str, Path]) -> NnpModel:
     """Read ``path`` (an NNC ``results.nnp``) or raise :class:`InfluenceError`."""
     path = Path(path)
     if not path.is_file():
-        raise InfluenceError(f"model file not found: {path}")
+        raise InfluenceError(f"model file not found: {excerpt_path(path)}")
     with NnpArchive(path) as archive:  # every member's size is checked before it is read
         proto = archive.network_definition()
         check_variable_shapes(proto, path)
@@ -115,12 +115,14 @@ def load_model(path: Union[str, Path]) -> NnpModel:
     network = _network(proto, optimizer.network_name, path)
     loss_variables = [entry.variable_name for entry in optimizer.loss_variable]
     if not loss_variables:
-        raise InfluenceError(f"{path}: the optimizer '{optimizer.name}' names no loss variable")
+        raise InfluenceError(
+            f"{excerpt_path(path)}: the optimizer '{optimizer.name}' names no loss variable"
+        )
     known = {v.name for v in network.variable}
     for name in loss_variables:
         if name not in known:
             raise InfluenceError(
-                f"{path}: loss variable '{name}' is not in network '{network.name}'"
+                f"{excerpt_path(path)}: loss variable '{name}' is not in network '{network.name}'"
             )
 
     if optimizer.update_interval > 1:
@@ -139,7 +141,7 @@ def load_model(path: Union[str, Path]) -> NnpModel:
     trainable = _trainable_parameters(optimizer, network)
     for name in trainable:
         if name not in parameters:
-            raise InfluenceError(f"{path}: parameter '{name}' has no stored value")
+            raise InfluenceError(f"{excerpt_path(path)}: parameter '{name}' has no stored value")
 
     solver = read_solver_spec(optimizer, state, proto)
     return NnpModel(
@@ -169,7 +171,7 @@ def _read_parameters(archive: NnpArchive, proto, path: Path) -> Dict[str, np.nda
         else:
             parameters.update(archive.parameter_protobuf(name))
     if not parameters:
-        raise InfluenceError(f"{path} holds no trained parameters (no parameter.h5)")
+        raise InfluenceError(f"{excerpt_path(path)} holds no trained parameters (no parameter.h5)")
     return parameters
 
 
@@ -198,7 +200,8 @@ def _read_solver_state(
 def _the_optimizer(proto, path: Path):
     if not proto.optimizer:
         raise InfluenceError(
-            f"{path} has no optimizer section: the training network, its data and its solver "
+            f"{excerpt_path(path)} has no optimizer section: the training network, its data "
+            "and its solver "
             "are unknown (use the results.nnp of a training run)"
         )
     if len(proto.optimizer) > 1:
@@ -215,7 +218,9 @@ def _network(proto, name: str, path: Path):
     for network in proto.network:
         if network.name == name:
             return network
-    raise InfluenceError(f"{path}: network '{name}' named by the optimizer is missing")
+    raise InfluenceError(
+        f"{excerpt_path(path)}: network '{name}' named by the optimizer is missing"
+    )
 
 
 def _evaluation_network_name(proto, train_name: str) -> Tuple[str, bool]:
@@ -243,7 +248,8 @@ def _data_variables(optimizer, network, path: Path) -> List[DataVariable]:
     for entry in optimizer.data_variable:
         if entry.variable_name not in shapes:
             raise InfluenceError(
-                f"{path}: data variable '{entry.variable_name}' is not in network '{network.name}'"
+                f"{excerpt_path(path)}: data variable '{entry.variable_name}' is not in "
+                f"network '{network.name}'"
             )
         shape = shapes[entry.variable_name]
         row_shape = shape[1:] if shape and shape[0] in (-1, network.batch_size) else shape
@@ -258,7 +264,7 @@ def _data_variables(optimizer, network, path: Path) -> List[DataVariable]:
             )
         )
     if not result:
-        raise InfluenceError(f"{path}: the optimizer names no data variables")
+        raise InfluenceError(f"{excerpt_path(path)}: the optimizer names no data variables")
     return result
 
 

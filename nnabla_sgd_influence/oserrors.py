@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Tuple, Union
 
-from .errors import InfluenceError, excerpt
+from .errors import InfluenceError, excerpt, excerpt_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -74,7 +74,7 @@ def os_error_line(
     (a temporary file inside the named folder, say); both are cut to a readable length.
     """
     where = getattr(error, "filename", None) or path
-    subject = f" {excerpt(os.fspath(where), 300)}" if where is not None else ""
+    subject = f" {excerpt_path(where)}" if where is not None else ""
     line = f"cannot {action}{subject}: {reason(error)}"
     return f"{line}; {hint}" if hint else line
 

@@ -19,8 +19,9 @@ output), each checked by :func:`check_outputs` before training:
 5. **Names and paths fit the file system**, with their temporary siblings (see
    :mod:`.staging`), and the output's folder exists and is writable.
 
-:func:`input_identities` collects the identities of the files read; :func:`rebase_image_cells`
-makes image paths of a tabular output resolve from the output's folder.
+:func:`files_read` and :func:`image_inputs` name the files a run reads and
+:func:`input_identities` collects their identities; :func:`rebase_image_cells` makes image
+paths of a tabular output resolve from the output's folder.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import stat
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import InfluenceError, excerpt
+from .context import NNTXT_NAME
+from .errors import InfluenceError, excerpt_path
 from .oserrors import too_long
 from .output import relative_path
 from .staging import TEMPORARY_NAME_CHARS
@@ -51,7 +53,7 @@ _KINDS = {
 
 
 def _show(path) -> str:
-    return excerpt(os.fspath(path), 300)
+    return excerpt_path(path)
 
 
 def input_identities(inputs: Iterable[Tuple[str, os.PathLike]]) -> Dict[Identity, str]:
@@ -68,6 +70,27 @@ def input_identities(inputs: Iterable[Tuple[str, os.PathLike]]) -> Dict[Identity
             continue
         found.setdefault((info.st_dev, info.st_ino), label)
     return found
+
+
+def files_read(
+    model: Optional[os.PathLike],
+    input_train: Optional[os.PathLike],
+    input_val: Optional[os.PathLike],
+    context: Optional[str],
+) -> List[Tuple[str, Path]]:
+    """``(description, path)`` of the files a run reads besides images: the model, both CSVs
+    (each skipped when None: not known) and, when no context is asked for, the ``net.nntxt``
+    of the working folder, which :func:`.context.choose_context` reads."""
+    named = (
+        ("the model file", model),
+        ("the input-train file", input_train),
+        ("the input-val file", input_val),
+    )
+    files = [(label, Path(path)) for label, path in named if path is not None]
+    nntxt = Path.cwd() / NNTXT_NAME
+    if context is None and nntxt.is_file():
+        files.append((f"the {NNTXT_NAME} read for the context", nntxt))
+    return files
 
 
 def image_inputs(role: str, paths: Sequence[str]) -> Iterator[Tuple[str, str]]:

@@ -10,6 +10,8 @@ cleansed CSV, the tile) are staged and renamed into place together, or not at al
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import logging
 import os
 import time
@@ -22,18 +24,25 @@ from .api import compute_influence
 from .arguments import InfluenceArguments
 from .cleansing import check_remove_top, cleansed_path
 from .compat import warn_if_untested_nnabla
-from .context import NNTXT_NAME, resolve_context
+from .context import resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
-from .errors import InfluenceError, RunStopped
+from .errors import InfluenceError, RunStopped, excerpt_path
 from .graphs import RANDOM_LAYERS
+from .limits import OPENBLAS_LOAD_BYTES, check_room
 from .model import NnpModel, load_model
 from .mpi import launched
 from .mpi import world as mpi_world
 from .output import write_image_csv, write_step_log, write_tabular_csv
-from .paths import check_outputs, check_temporary_parent, image_inputs, rebase_image_cells
-from .progress import BarProgress, Progress
-from .results import InfluenceResult
+from .paths import (
+    check_outputs,
+    check_temporary_parent,
+    image_inputs,
+    rebase_image_cells,
+)
+from .paths import files_read as run_files_read
+from .progress import BarProgress, Progress, without_monitor_thread
+from .results import InfluenceResult, check_row_count
 from .staging import StagedOutputs, staged_outputs
 from .tile import tile_path
 
@@ -43,6 +52,27 @@ KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
 SUMMARY_TOP = 10  # rows looked at in the summary's count, without --remove_top
 Labelled = List[Tuple[str, Path]]  # (what a file is, its path), for messages
+# Every module a run imports on its way that is not imported by then (see
+# import_run_time_modules); the optional ones are private to nnabla, with fallbacks.
+RUN_TIME_MODULES = (
+    "numpy",
+    "pandas",
+    "h5py",
+    "tqdm",
+    "PIL.Image",
+    "PIL.PngImagePlugin",
+    "google.protobuf.text_format",
+    "google.protobuf.descriptor",
+    "nnabla.function",
+    "nnabla.functions",
+    "nnabla.solvers",
+    "nnabla.ext_utils",
+    "nnabla.utils.nnabla_pb2",
+    "nnabla.utils.learning_rate_scheduler",
+)
+OPTIONAL_RUN_TIME_MODULES = ("nnabla.utils.load_function", "nnabla.backward_functions")
+SPREAD_MODULES = ("scipy.stats",)  # the summary's t-interval, with several trials
+TILE_MODULES = ("PIL.ImageDraw", "PIL.ImageFont")
 
 
 @dataclass
@@ -87,6 +117,8 @@ def run(
     to the others, all share the work, rank 0 writes; the other ranks return None.
     """
     start = time.perf_counter()
+    import_run_time_modules(settings, arguments)
+    without_monitor_thread()
     world = mpi_world()
     if world is None and launched()[0] > 1:
         if launched()[1] != 0:
@@ -114,8 +146,8 @@ def run(
         workers=settings.workers,
         progress=BarProgress() if progress is None else progress,
     )
+    counts = result.counts(settings.remove_top or SUMMARY_TOP)  # nothing fails after the write
     write_outputs(settings, train, result)
-    counts = result.counts(settings.remove_top or SUMMARY_TOP)
     log.info(
         "scored %d rows in %.1f s (Hessian-vector products: %s); ranking written to %s",
         len(train),
@@ -128,6 +160,25 @@ def run(
 
     nnabla.logger.log(99, COMPLETION_MESSAGE)
     return result
+
+
+def import_run_time_modules(settings: RunSettings, arguments: InfluenceArguments) -> None:
+    """Import now every module the run would import later (scipy for the summary, Pillow's
+    drawing for the tile, pandas, nnabla's solvers...).
+
+    A library that cannot be loaded (an address-space limit such as ``ulimit -v`` leaves no
+    room to map it, or a broken install) then stops the run before any training and before any
+    output is written, never once the ranking is in place.
+    """
+    names = list(RUN_TIME_MODULES)
+    names += [name for name in OPTIONAL_RUN_TIME_MODULES if importlib.util.find_spec(name)]
+    if arguments.n_trials > 1:
+        check_room(OPENBLAS_LOAD_BYTES, "load scipy")  # an import that can hang
+        names += SPREAD_MODULES
+    if settings.tile:
+        names += TILE_MODULES
+    for name in names:
+        importlib.import_module(name)
 
 
 def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
@@ -192,11 +243,13 @@ def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
     train, val = datasets
     if settings.kind == "image" and train.image_variable is None:
         raise InfluenceError(
-            f"{settings.input_train} has no image column: use the tabular plugin for "
+            f"{excerpt_path(settings.input_train)} has no image column: use the tabular plugin for "
             "tabular datasets"
         )
     if settings.remove_top:
         check_remove_top(settings.remove_top, len(train))
+    if settings.tile:
+        check_row_count("tile", settings.tile, len(train), least=1)
     check_outputs(settings.outputs(), files_read(settings, train, val))
     return model, train, val
 
@@ -213,7 +266,7 @@ def check_settings(settings: RunSettings) -> None:
         raise InfluenceError("tile draws images: it is for the image plugin")
     for label, path in files_read(settings)[:3]:
         if not Path(path).is_file():
-            raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {path}")
+            raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {excerpt_path(path)}")
     check_outputs(settings.outputs(), files_read(settings))
     if settings.temp_dir is not None:
         check_temporary_parent(settings.temp_dir)
@@ -230,14 +283,9 @@ def check_settings(settings: RunSettings) -> None:
 def files_read(settings: RunSettings, *datasets: Dataset) -> Labelled:
     """Every file the run reads: the model, both CSVs, the images of ``datasets``, and the
     ``net.nntxt`` of the working folder (read for the context)."""
-    files = [
-        ("the model file", Path(settings.model)),
-        ("the input-train file", Path(settings.input_train)),
-        ("the input-val file", Path(settings.input_val)),
-    ]
-    nntxt = Path.cwd() / NNTXT_NAME
-    if settings.context is None and nntxt.is_file():
-        files.append((f"the {NNTXT_NAME} read for the context", nntxt))
+    files = run_files_read(
+        settings.model, settings.input_train, settings.input_val, settings.context
+    )
     for role, dataset in zip(("input-train", "input-val"), datasets):
         for paths in dataset.image_files().values():
             files.extend(image_inputs(role, paths))

@@ -66,6 +66,18 @@ class CallbackProgress(Progress):
 SILENT = Progress()
 
 
+def without_monitor_thread() -> None:
+    """Have tqdm start no monitor thread (process-wide; the plugins' runs call this).
+
+    The thread only lowers the refresh rate of bars whose items come slowly; every bar,
+    even a disabled one, starts it, and where no thread can be started (no room for its stack
+    under ``ulimit -v``) tqdm prints a warning of several lines instead.
+    """
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0
+
+
 def close_open_bars() -> None:
     """Clear the bars of loops an error left, so that the error line starts a line of its own."""
     for bar in list(_OPEN_BARS):

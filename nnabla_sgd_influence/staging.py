@@ -37,7 +37,7 @@ from typing import BinaryIO, Iterator, List, Optional, TextIO
 import numpy as np
 
 from . import signals
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .oserrors import os_error_line
 
 TEMPORARY_NAME_CHARS = 32  # characters of the destination's name kept in the temporary name
@@ -113,7 +113,9 @@ class StagedOutputs:
             temporary = temporary_sibling(destination)
         except OSError as error:
             raise InfluenceError(
-                os_error_line(error, destination.parent, f"write {destination.name} in")
+                os_error_line(
+                    error, destination.parent, f"write {excerpt_path(destination.name)} in"
+                )
             ) from None
         entry = _Staged(temporary, destination, *_replaced_file_attributes(destination))
         self._staged.append(entry)  # from here on, discard() removes it

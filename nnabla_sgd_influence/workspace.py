@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from . import signals
-from .errors import InfluenceError
+from .errors import InfluenceError, excerpt_path
 from .oserrors import os_error_line
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def workspace(parent: Optional[Path] = None, keep: bool = False) -> Iterator[Pat
     if parent is not None:
         parent = Path(parent)
         if not parent.is_dir():
-            raise InfluenceError(f"temporary folder parent not found: {parent}")
+            raise InfluenceError(f"temporary folder parent not found: {excerpt_path(parent)}")
     try:
         folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=None if parent is None else parent))
     except OSError as error:

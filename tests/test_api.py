@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,152 @@ def test_readme_example_runs(samples_dir):
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "most harmful rows:" in completed.stdout
+
+
+# --------------------------------------------------------------------------------------
+# The result's writers follow the plugins' output rules; counts are checked, never cut
+
+
+@pytest.fixture(scope="module")
+def digits(samples_dir, tmp_path_factory):
+    """A copy of 30 training and 10 validation digits, their images and the model, and the
+    result computed from their paths."""
+    root = tmp_path_factory.mktemp("digits")
+    (root / "images").mkdir()
+    files = {"model": root / "results.nnp"}
+    files["model"].write_bytes((samples_dir / "models" / "digits_cnn" / "results.nnp").read_bytes())
+    for name, rows in (("train", 30), ("val", 10)):
+        lines = (samples_dir / "digits" / f"{name}.csv").read_text().splitlines()
+        kept = [lines[0]]
+        for line in lines[1 : rows + 1]:
+            image, label = line.split(",")
+            copy = root / "images" / f"{name}_{Path(image).name}"
+            copy.write_bytes((samples_dir / "digits" / image).read_bytes())
+            kept.append(f"images/{copy.name},{label}")
+        files[name] = root / f"{name}.csv"
+        files[name].write_text("\n".join(kept) + "\n")
+    files["train image"] = sorted((root / "images").glob("train_*"))[3]
+    files["val image"] = sorted((root / "images").glob("val_*"))[0]
+    result = compute_influence(
+        files["model"], files["train"], files["val"], batch_size=16, progress=False
+    )
+    return result, files, root
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+WRITERS = {
+    "cleansed CSV": lambda result, path: result.write_cleansed_csv(path, 2),
+    "tile": lambda result, path: result.write_tile(path, 2),
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        ("train", "is the input-train file"),
+        ("val", "is the input-val file"),
+        ("model", "is the model file"),
+        ("train image", "is the image of input-train row 3"),
+        ("val image", "is the image of input-val row 0"),
+    ],
+)
+def test_the_writers_never_replace_a_file_the_run_read(digits, writer, target, words):
+    result, files, root = digits
+    before = snapshot(root)
+    with pytest.raises(InfluenceError, match=words):
+        WRITERS[writer](result, files[target])
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_the_writers_refuse_a_symbolic_link(digits, tmp_path, writer):
+    result = digits[0]
+    target = tmp_path / "target"
+    target.write_text("kept\n")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(InfluenceError, match="is a symbolic link"):
+        WRITERS[writer](result, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and target.read_text() == "kept\n"
+
+
+def test_a_result_of_loaded_objects_still_refuses_the_files_they_came_from(digits):
+    _, files, root = digits
+    model = load_model(files["model"])
+    train = load_dataset(files["train"], model.data_variables, model.normalize_images)
+    val = load_dataset(files["val"], model.data_variables, model.normalize_images, "input-val")
+    result = compute_influence(model, train, val, batch_size=16, progress=False)
+    before = snapshot(root)
+    for target, words in (("model", "model file"), ("val", "input-val"), ("train image", "image")):
+        with pytest.raises(InfluenceError, match=words):
+            result.write_cleansed_csv(files[target], 1)
+    assert snapshot(root) == before
+
+
+def test_a_result_of_run_trials_refuses_its_training_csv(digits, tmp_path):
+    _, files, root = digits
+    model = load_model(files["model"])
+    train = load_dataset(files["train"], model.data_variables, model.normalize_images)
+    val = load_dataset(files["val"], model.data_variables, model.normalize_images, "input-val")
+    result = run_trials(model, train, val, InfluenceArguments(batch_size=16), tmp_path)
+    before = snapshot(root)
+    for target in ("train", "train image"):
+        with pytest.raises(InfluenceError, match="input-train"):
+            result.write_tile(files[target], 1)
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda r, p: r.harmful(-1), "k must be from 0 to 30 (the training rows), got -1"),
+        (lambda r, p: r.helpful(-1), "k must be from 0 to 30"),
+        (lambda r, p: r.harmful(31), "got 31"),
+        (lambda r, p: r.helpful(31), "got 31"),
+        (lambda r, p: r.harmful(2.0), "k must be an integer, got 2.0"),
+        (lambda r, p: r.harmful(True), "k must be an integer, got True"),
+        (lambda r, p: r.write_tile(p, 0), "k must be from 1 to 30"),
+        (lambda r, p: r.write_tile(p, -1), "k must be from 1 to 30"),
+        (lambda r, p: r.write_tile(p, 31), "got 31"),
+        (lambda r, p: r.write_cleansed_csv(p, -1), "remove_top must be 0"),
+        (lambda r, p: r.write_cleansed_csv(p, 30), "would leave no training rows"),
+    ],
+)
+def test_counts_of_rows_out_of_range_are_refused(digits, tmp_path, call, words):
+    result = digits[0]
+    with pytest.raises(InfluenceError, match=re.escape(words)):
+        call(result, tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_counts_in_range_are_the_ranking(digits, tmp_path):
+    result = digits[0]
+    order = np.argsort(result.scores, kind="stable")
+    np.testing.assert_array_equal(result.harmful(30), order)
+    np.testing.assert_array_equal(result.helpful(3), order[::-1][:3])
+    assert len(result.harmful(0)) == 0
+    result.write_tile(tmp_path / "tile.png", 30)
+    assert (tmp_path / "tile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("position", ["model", "input_train", "input_val"])
+@pytest.mark.parametrize("value", [["a.csv"], None, 5])
+def test_inputs_of_the_wrong_type_are_refused_before_any_work(cancer, monkeypatch, position, value):
+    from nnabla_sgd_influence import api
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("an input was loaded")
+
+    monkeypatch.setattr(api, "load_model", no_loading)
+    monkeypatch.setattr(api, "load_dataset", no_loading)
+    inputs = dict(zip(("model", "input_train", "input_val"), cancer))
+    inputs[position] = value
+    kind = "a .nnp file or a loaded NnpModel" if position == "model" else "a CSV file"
+    with pytest.raises(InfluenceError) as caught:
+        compute_influence(**inputs)
+    message = str(caught.value)
+    assert message.startswith(f"{position} must be the path of {kind}"), message
+    assert message.endswith("None" if value is None else repr(value)) and "\n" not in message

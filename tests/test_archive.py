@@ -123,11 +123,13 @@ def test_real_bounds_keep_memory_bounded(members, tmp_path):
             block = b"\0" * (1 << 20)
             for _ in range(256):
                 stream.write(block)
+    # VmHWM is this process's own peak; ru_maxrss would keep the pytest process's across the
+    # fork and exec that start it (Linux).
     code = (
-        "import resource, sys; from nnabla_sgd_influence.archive import NnpArchive;"
+        "import re, sys; from nnabla_sgd_influence.archive import NnpArchive;"
         "from nnabla_sgd_influence.errors import InfluenceError\n"
         f"try:\n  NnpArchive({str(path)!r}).network_definition()\nexcept InfluenceError as e:\n"
-        "  print(e); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "  print(e); print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

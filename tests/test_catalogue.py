@@ -26,9 +26,14 @@ from typing import Callable, Dict, List, Optional
 import pytest
 from plugin_helpers import IMAGE_SCRIPT, TABULAR_SCRIPT, plugin_env, read_csv, run_in_process
 
-from nnabla_sgd_influence.errors import LINE_CHARS
+from nnabla_sgd_influence.errors import EXCERPT_CHARS, LINE_CHARS
 
 SCRIPTS = {"image": IMAGE_SCRIPT, "tabular": TABULAR_SCRIPT}
+# Folders above a case's inputs: none, or enough to make every path over 300 characters.
+DEPTHS = {
+    "short paths": (),
+    "paths over 300 characters": [f"project_folder_{i:02d}" for i in range(18)],
+}
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +295,13 @@ def _output_is_fifo(kit):
 
 def _output_is_socket(kit):
     server = socket.socket(socket.AF_UNIX)
-    server.bind(str(kit.out / "o.csv"))
-    server.close()
+    here = os.getcwd()
+    os.chdir(kit.out)  # a socket's own path may not exceed 107 bytes
+    try:
+        server.bind("o.csv")
+    finally:
+        os.chdir(here)
+        server.close()
     return tabular(kit)
 
 
@@ -420,6 +430,7 @@ CASES = [
     ("diverging retraining", "tabular", _diverging_solver, 1, "retraining diverged: the"),
     ("bad int", "tabular", lambda k: tabular(k, "-nt", "two"), 2, "invalid int value"),
     ("tabular into image", "image", tabular, 1, "no image column"),
+    ("tile beyond the rows", "image", lambda k: image(k, "--tile", "21"), 1, "from 1 to 20"),
     # 3. never write over an input; only regular files are replaced
     ("output is an image", "image", _output_is_image, 1, "is the image of"),
     ("output hard-links an image", "image", _output_hard_links_image, 1, "hard link"),
@@ -501,6 +512,18 @@ def samples(samples_dir) -> Path:
     return samples_dir
 
 
+def longest_quote(line: str, data: List[str]) -> int:
+    """The most characters in a row that ``line`` quotes of any string of ``data``."""
+    longest = 0
+    for text in data:
+        while longest < len(text) and any(
+            text[start : start + longest + 1] in line for start in range(len(text) - longest)
+        ):
+            longest += 1
+    return longest
+
+
+@pytest.mark.parametrize("depth", list(DEPTHS))
 @pytest.mark.parametrize(
     "plugin, setup, code, words",
     [
@@ -508,8 +531,8 @@ def samples(samples_dir) -> Path:
         for name, plugin, setup, code, words in CASES
     ],
 )
-def test_failure_keeps_the_contract(samples, tmp_path, plugin, setup, code, words):
-    kit = make_kit(samples, tmp_path)
+def test_failure_keeps_the_contract(samples, tmp_path, plugin, setup, code, words, depth):
+    kit = make_kit(samples, tmp_path.joinpath(*DEPTHS[depth]))
     args = setup(kit)
     before_inputs = kit.inputs()
     before_out = {p.name: p.lstat() for p in kit.out.iterdir()}
@@ -527,6 +550,8 @@ def test_failure_keeps_the_contract(samples, tmp_path, plugin, setup, code, word
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ") and words in lines[0], lines[0][:500]
     assert len(lines[0]) <= LINE_CHARS + len("error: ")
+    quoted = [str(kit.root), *(str(a) for a in args), *(str(p) for p in kit.files.values())]
+    assert longest_quote(lines[0], quoted) <= EXCERPT_CHARS, lines[0]
     after_out = {p.name: p.lstat() for p in kit.out.iterdir()}
     assert sorted(after_out) == sorted(before_out), "the run left or removed files"
     mounts = {m.name for m in kit.extra_outputs}

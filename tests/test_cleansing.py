@@ -11,7 +11,12 @@ from plugin_helpers import read_csv, read_header, run_in_process
 from scipy import stats
 
 from nnabla_sgd_influence import InfluenceError, compute_influence, load_dataset, load_model
-from nnabla_sgd_influence.cleansing import count_rows, distinguishable_from_zero, influence_std
+from nnabla_sgd_influence.cleansing import (
+    Counts,
+    count_rows,
+    distinguishable_from_zero,
+    influence_std,
+)
 from nnabla_sgd_influence.evaluation.variants import trained_further
 from nnabla_sgd_influence.model import DataVariable
 
@@ -33,6 +38,32 @@ def test_spread_and_distinguishable_rows_against_scipy():
     expected = int(np.sum((p_values < 0.05)[order[:10]] & (scores[order[:10]] < 0)))
     assert counts.top_distinguishable == expected > 0
     assert count_rows(scores, per_trial[:1], order, 10).top_distinguishable is None
+
+
+@pytest.mark.parametrize(
+    "counts, sentence",
+    [
+        (
+            Counts(rows=40, negative=1, positive=1, zero=38, top=1, top_distinguishable=1),
+            "1 of 40 rows has negative influence (removing it should lower the validation "
+            "loss), 1 positive (it helps), 38 zero; of the most harmful row, 1 is "
+            "distinguishable from zero (95% interval over 6 trials)",
+        ),
+        (
+            Counts(rows=40, negative=30, positive=10, zero=0, top=10, top_distinguishable=0),
+            "30 of 40 rows have negative influence (removing them should lower the validation "
+            "loss), 10 positive (they help), 0 zero; of the 10 most harmful, 0 are "
+            "distinguishable from zero (95% interval over 6 trials)",
+        ),
+        (
+            Counts(rows=1, negative=0, positive=1, zero=0, top=1, top_distinguishable=None),
+            "0 of 1 row have negative influence (removing them should lower the validation "
+            "loss), 1 positive (it helps), 0 zero",
+        ),
+    ],
+)
+def test_the_summary_agrees_with_its_counts(counts, sentence):
+    assert counts.describe(6) == sentence
 
 
 @pytest.fixture(scope="module")

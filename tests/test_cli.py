@@ -175,6 +175,59 @@ def test_a_python_without_nnabla_gets_one_line_even_for_help():
     ]
 
 
+@pytest.mark.parametrize("kind", ["image", "tabular"])
+def test_help_names_every_output_column(kind):
+    help_text = build_parser(kind).format_help()
+    columns = {
+        "image": ["x:image", "y:label", "influence", "datasource_index", "influence_std"],
+        "tabular": ["index", "influence", "datasource_index", "influence_std", "own columns"],
+    }
+    description = help_text.split("Output columns:")[1].split("\n\n")[0]
+    for column in columns[kind]:
+        assert column in description, (column, description)
+
+
+# Runs a plugin script as NNC does, in a Python where ``import <package>`` fails as it does
+# when the package is not installed (find_spec gives None, import raises ModuleNotFoundError).
+WITHOUT_PACKAGE = """
+import runpy, sys
+sys.modules[{package!r}] = None
+sys.argv = [{script!r}, *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("package", ["pandas", "scipy"])
+def test_help_works_without_a_run_time_package_and_the_run_names_it(samples, tmp_path, package):
+    code = WITHOUT_PACKAGE.format(package=package, script=str(IMAGE_SCRIPT))
+    shown = subprocess.run(
+        [sys.executable, "-c", code, "-h"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split("\n\n")[1].splitlines()[0] == TITLES["image"]
+    digits = samples / "digits"
+    model = samples / "models" / "digits_cnn" / "results.nnp"
+    args = ["-m", model, "-t", digits / "train.csv", "-v", digits / "val.csv", "-o", "o.csv"]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    python = sys.executable
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines() == [
+        f"error: {python} lacks the package '{package}': install it "
+        f"({python} -m pip install {package})"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "found, version, message",
     [
@@ -339,6 +392,8 @@ def test_inputs_are_never_overwritten(samples, tmp_path):
         (KeyboardInterrupt(), 130, "interrupted"),
         (signals.Interrupted(signal.SIGHUP), 129, "interrupted"),
         (MemoryError(), 1, "error: out of memory"),
+        (ImportError("x.so: failed to map segment from shared object"), 1, "error: out of memory"),
+        (RuntimeError("can't start new thread"), 1, "error: out of memory"),
         (
             RuntimeError("boom\nmore"),
             2,

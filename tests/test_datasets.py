@@ -19,7 +19,7 @@ from nnabla_sgd_influence.csvfile import (
     read_table,
 )
 from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.errors import InfluenceError
+from nnabla_sgd_influence.errors import InfluenceError, excerpt_path
 from nnabla_sgd_influence.model import DataVariable
 
 NNC_IMAGE_VARIABLES = [
@@ -345,27 +345,33 @@ def test_missing_csv(tmp_path):
 def test_empty_csv(tmp_path):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("")
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "is empty", "header"])):
+    with pytest.raises(
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "is empty", "header"])
+    ):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
 
 
 def test_header_without_rows(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x:image", "y:label"], [])
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "no data rows"])):
+    with pytest.raises(InfluenceError, match=bad_input([excerpt_path(csv_path), "no data rows"])):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
 
 
 def test_row_with_more_fields_than_header(tmp_path):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("x,y\n1,2\n3,4,5\n")
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "cannot be read as CSV"])):
+    with pytest.raises(
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "cannot be read as CSV"])
+    ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
 
 def test_first_row_with_more_fields_than_header(tmp_path):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("x,y\n1,2,3\n4,5\n")
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "more fields than"])):
+    with pytest.raises(
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "more fields than"])
+    ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
 
@@ -373,7 +379,9 @@ def test_missing_column_for_data_variable(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["image", "y:label"], [["0.png", 1]])
     with pytest.raises(
         InfluenceError,
-        match=bad_input([str(csv_path), "data 'x'", "variable 'Input'", "'image', 'y:label'"]),
+        match=bad_input(
+            [excerpt_path(csv_path), "data 'x'", "variable 'Input'", "'image', 'y:label'"]
+        ),
     ):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
 
@@ -381,34 +389,38 @@ def test_missing_column_for_data_variable(tmp_path):
 def test_feature_count_mismatch(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x__0", "x__1", "y"], [[1, 2, 0]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "needs 3 values", "has 2 columns"])
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "needs 3 values", "has 2 columns"])
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (3,)), LABEL])
 
 
 def test_feature_index_gap(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x__0", "x__2", "y"], [[1, 2, 0]])
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "index 1 is missing"])):
+    with pytest.raises(
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "index 1 is missing"])
+    ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (2,)), LABEL])
 
 
 def test_feature_index_not_a_number(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x__0", "x__a", "y"], [[1, 2, 0]])
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "'x__a'", "integer"])):
+    with pytest.raises(
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "'x__a'", "integer"])
+    ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (2,)), LABEL])
 
 
 def test_single_column_for_multi_value_variable(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "y"], [[1, 0]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "needs 4 values", "column 'x'"])
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "needs 4 values", "column 'x'"])
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (4,)), LABEL])
 
 
 def test_plain_and_indexed_columns_for_one_variable(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "x__0", "y"], [[1, 2, 0]])
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "'x', 'x__0'"])):
+    with pytest.raises(InfluenceError, match=bad_input([excerpt_path(csv_path), "'x', 'x__0'"])):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
 
@@ -418,7 +430,7 @@ def test_image_file_missing(tmp_path):
     with pytest.raises(
         InfluenceError,
         match=bad_input(
-            [str(csv_path), "row 2 (0-based data row)", "'x:image'", "not found", "2.png"]
+            [excerpt_path(csv_path), "row 2 (0-based data row)", "'x:image'", "not found", "2.png"]
         ),
     ):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
@@ -430,7 +442,12 @@ def test_image_file_not_an_image(tmp_path):
     with pytest.raises(
         InfluenceError,
         match=bad_input(
-            [str(csv_path), "row 1 (0-based data row)", "1.png", "cannot be read as an image"]
+            [
+                excerpt_path(csv_path),
+                "row 1 (0-based data row)",
+                "1.png",
+                "cannot be read as an image",
+            ]
         ),
     ):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
@@ -440,7 +457,8 @@ def test_image_cell_empty(tmp_path):
     write_image(tmp_path / "0.png", random_pixels(0, (28, 28)))
     csv_path = write_csv(tmp_path / "t.csv", ["x:image", "y:label"], [["0.png", 0], ["", 1]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 1 (0-based", "empty", "image path"])
+        InfluenceError,
+        match=bad_input([excerpt_path(csv_path), "row 1 (0-based", "empty", "image path"]),
     ):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
 
@@ -450,7 +468,9 @@ def test_image_channels_that_cannot_be_converted(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x:image", "y:label"], [["0.png", 0]])
     with pytest.raises(
         InfluenceError,
-        match=bad_input([str(csv_path), "row 0 (0-based", "0.png", "'RGB'", "needs 4 channel"]),
+        match=bad_input(
+            [excerpt_path(csv_path), "row 0 (0-based", "0.png", "'RGB'", "needs 4 channel"]
+        ),
     ):
         load_dataset(csv_path, [DataVariable("Input", "x", (4, 5, 7)), LABEL])
 
@@ -459,7 +479,9 @@ def test_floating_point_image_mode_is_refused(tmp_path):
     path = tmp_path / "0.tif"
     Image.fromarray(np.zeros((5, 7), dtype=np.float32)).save(path)
     csv_path = write_csv(tmp_path / "t.csv", ["x:image", "y:label"], [["0.tif", 0]])
-    with pytest.raises(InfluenceError, match=bad_input([str(csv_path), "row 0", "mode 'F'"])):
+    with pytest.raises(
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "row 0", "mode 'F'"])
+    ):
         load_dataset(csv_path, [DataVariable("Input", "x", (1, 5, 7)), LABEL])
 
 
@@ -467,7 +489,8 @@ def test_image_column_for_non_image_variable(tmp_path):
     write_image(tmp_path / "0.png", random_pixels(0, (28, 28)))
     csv_path = write_csv(tmp_path / "t.csv", ["x:image", "y:label"], [["0.png", 0]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "'x:image'", "shape (784,)", "(C, H, W)"])
+        InfluenceError,
+        match=bad_input([excerpt_path(csv_path), "'x:image'", "shape (784,)", "(C, H, W)"]),
     ):
         load_dataset(csv_path, [DataVariable("Input", "x", (784,)), LABEL])
 
@@ -479,7 +502,7 @@ def test_label_out_of_range(tmp_path):
     with pytest.raises(
         InfluenceError,
         match=bad_input(
-            [str(csv_path), "row 1 (0-based data row)", "'y:label'", "'10'", "[0, 10)"]
+            [excerpt_path(csv_path), "row 1 (0-based data row)", "'y:label'", "'10'", "[0, 10)"]
         ),
     ):
         load_dataset(csv_path, NNC_IMAGE_VARIABLES)
@@ -488,7 +511,8 @@ def test_label_out_of_range(tmp_path):
 def test_label_negative(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "y"], [[1, 0], [2, -1]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 1 (0-based", "'-1'", "[0, 10)"])
+        InfluenceError,
+        match=bad_input([excerpt_path(csv_path), "row 1 (0-based", "'-1'", "[0, 10)"]),
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
@@ -497,7 +521,9 @@ def test_label_not_an_integer(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "y:label"], [[1, 0], [2, "2.5"]])
     with pytest.raises(
         InfluenceError,
-        match=bad_input([str(csv_path), "row 1 (0-based", "'y:label'", "'2.5'", "integer"]),
+        match=bad_input(
+            [excerpt_path(csv_path), "row 1 (0-based", "'y:label'", "'2.5'", "integer"]
+        ),
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
@@ -505,7 +531,8 @@ def test_label_not_an_integer(tmp_path):
 def test_label_not_a_number(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "y"], [[1, "cat"]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 0 (0-based", "'y'", "'cat'", "number"])
+        InfluenceError,
+        match=bad_input([excerpt_path(csv_path), "row 0 (0-based", "'y'", "'cat'", "number"]),
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
@@ -514,7 +541,7 @@ def test_binary_target_out_of_range(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "y"], [[1, 1], [1, 0], [1, 2]])
     variables = [DataVariable("x_var", "x", (1,)), DataVariable("t", "y", (1,), binary_target=True)]
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 2 (0-based", "'2'", "[0, 1]"])
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "row 2 (0-based", "'2'", "[0, 1]"])
     ):
         load_dataset(csv_path, variables)
 
@@ -523,7 +550,9 @@ def test_feature_not_a_number(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x__0", "x__1", "y"], [[1, 2, 0], [3, "abc", 1]])
     with pytest.raises(
         InfluenceError,
-        match=bad_input([str(csv_path), "row 1 (0-based data row)", "'x__1'", "'abc'", "number"]),
+        match=bad_input(
+            [excerpt_path(csv_path), "row 1 (0-based data row)", "'x__1'", "'abc'", "number"]
+        ),
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (2,)), LABEL])
 
@@ -531,7 +560,8 @@ def test_feature_not_a_number(tmp_path):
 def test_feature_cell_empty(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x__0", "x__1", "y"], [[1, 2, 0], [3, "", 1]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 1 (0-based", "'x__1'", "empty"])
+        InfluenceError,
+        match=bad_input([excerpt_path(csv_path), "row 1 (0-based", "'x__1'", "empty"]),
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (2,)), LABEL])
 
@@ -540,7 +570,7 @@ def test_short_row_leaves_an_empty_cell(tmp_path):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("x,y\n1,2\n3\n")
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 1 (0-based", "'y'", "empty"])
+        InfluenceError, match=bad_input([excerpt_path(csv_path), "row 1 (0-based", "'y'", "empty"])
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 
@@ -548,7 +578,8 @@ def test_short_row_leaves_an_empty_cell(tmp_path):
 def test_feature_not_finite(tmp_path):
     csv_path = write_csv(tmp_path / "t.csv", ["x", "y"], [[1, 0], ["nan", 1], ["inf", 2]])
     with pytest.raises(
-        InfluenceError, match=bad_input([str(csv_path), "row 1 (0-based", "'nan'", "finite"])
+        InfluenceError,
+        match=bad_input([excerpt_path(csv_path), "row 1 (0-based", "'nan'", "finite"]),
     ):
         load_dataset(csv_path, [DataVariable("x_var", "x", (1,)), LABEL])
 

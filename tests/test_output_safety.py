@@ -22,7 +22,14 @@ import pytest
 
 from nnabla_sgd_influence import signals
 from nnabla_sgd_influence.console import SafeStream, open_missing_descriptors
-from nnabla_sgd_influence.errors import LINE_CHARS, InfluenceError, excerpt, one_line
+from nnabla_sgd_influence.errors import (
+    EXCERPT_CHARS,
+    LINE_CHARS,
+    InfluenceError,
+    excerpt,
+    excerpt_path,
+    one_line,
+)
 from nnabla_sgd_influence.oserrors import os_error_line, reason, reported, too_long
 from nnabla_sgd_influence.paths import (
     check_outputs,
@@ -49,6 +56,24 @@ def test_excerpt_keeps_short_text_and_cuts_long_text():
     cut = excerpt("x" * 10_000, 20)
     assert cut == "x" * 20 + "... (10000 characters)"
     assert excerpt("\0\0abc\x1b") == "abc"
+
+
+@pytest.mark.parametrize(
+    "path, shown",
+    [
+        ("/data/train.csv", "/data/train.csv"),
+        ("/" + "a" * 200 + "/mnist/train/0001.png", "..." + "a" * 36 + "/mnist/train/0001.png"),
+        (
+            "/" + "a/" * 200 + "mnist/train/0001.png",
+            ".../a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/a/mnist/train/0001.png",
+        ),
+        ("C:\\" + "nnc\\" * 40 + "train.csv", "...\\" + "nnc\\" * 11 + "train.csv"),
+        ("/x/" + "n" * 300 + ".csv", "..." + "n" * 53 + ".csv"),
+        (Path("/") / ("b" * 100) / "c.csv", "..." + "b" * 51 + "/c.csv"),
+    ],
+)
+def test_a_long_path_is_quoted_by_its_end(path, shown):
+    assert excerpt_path(path) == shown and len(shown) <= EXCERPT_CHARS
 
 
 def test_one_line_keeps_the_beginning_and_the_end():
@@ -81,7 +106,8 @@ def test_numpy_short_write_is_a_full_disk():
 def test_reported_names_the_path_on_one_line(tmp_path):
     with pytest.raises(InfluenceError) as caught, reported(tmp_path / "o.csv", "write"):
         raise OSError(errno.ENOSPC, "No space left on device")
-    assert str(caught.value) == f"cannot write {tmp_path / 'o.csv'}: no space left on the device"
+    shown = excerpt_path(tmp_path / "o.csv")
+    assert str(caught.value) == f"cannot write {shown}: no space left on the device"
 
 
 def test_long_names_and_paths_in_bytes(tmp_path):
@@ -93,8 +119,8 @@ def test_long_names_and_paths_in_bytes(tmp_path):
 
 
 def test_error_lines_quote_a_path_as_an_excerpt(tmp_path):
-    line = os_error_line(OSError(errno.EIO, "x"), "p" * 5000, "write")
-    assert len(line) < 400 and "characters)" in line
+    line = os_error_line(OSError(errno.EIO, "x"), "/" + "p" * 5000 + "/o.csv", "write")
+    assert line.startswith(f"cannot write ...{'p' * 51}/o.csv: input/output error")
 
 
 # --------------------------------------------------------------------------------------
@@ -213,7 +239,7 @@ def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, what):
     )
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
-    assert line.startswith(f"cannot write {target}: file too large")
+    assert line.startswith(f"cannot write {excerpt_path(target)}: file too large")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -241,7 +267,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(full_disk):
     with raises as caught, staged_outputs() as outputs, outputs.text(output) as stream:
         for row in range(100000):
             stream.write(f"{row},0.123456789\n")
-    assert str(caught.value) == f"cannot write {output}: no space left on the device"
+    assert str(caught.value) == f"cannot write {excerpt_path(output)}: no space left on the device"
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler"]
     with pytest.raises(InfluenceError, match="no space left on the device; choose another"):
         save_array(full_disk / "snapshot.npy", np.zeros(100000, np.float32))
