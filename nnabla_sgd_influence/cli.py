@@ -21,12 +21,8 @@ from .arguments import HVP_METHODS, MODES
 from .compat import import_nnabla
 from .context import CONTEXTS
 from .environment import check_environment, launched
-from .errors import InfluenceError, RunStopped, one_line
+from .errors import DEBUG_VARIABLE, InfluenceError, RunStopped, closing_line, one_line
 from .progress import close_open_bars
-
-DEBUG_VARIABLE = "NNSI_DEBUG"
-# Third-party packages the plugins import: a missing one is the user's setup, not our bug.
-_REQUIREMENTS = {"nnabla", "nnabla_ext", "numpy", "pandas", "PIL", "tqdm", "h5py", "google"}
 
 _PAPERS = """
 Ranks every row of the training dataset by its SGD-Influence on the validation loss:
@@ -242,8 +238,7 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_environment()
     except InfluenceError as error:
-        report(f"error: {one_line(error)}")
-        return 1
+        return _stop(error, debug)
     args = build_parser(kind).parse_args(argv)
     try:
         signals.checkpoint()
@@ -252,65 +247,18 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
 
         signals.checkpoint()  # a signal during the import of nnabla is acted on here
         run(*settings_from_args(kind, args))
-    except InfluenceError as error:
-        if debug:
-            traceback.print_exc()
-        report(f"error: {one_line(error)}")
-        return 1
-    except RunStopped as stop:  # rank 0 of the MPI job said why
-        return stop.exit_code
-    except KeyboardInterrupt as error:
-        report("interrupted")
-        return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
-    except MemoryError:
-        if debug:
-            traceback.print_exc()
-        report("error: out of memory: the input is too large for this machine")
-        return 1
-    except ModuleNotFoundError as error:
-        if (error.name or "").split(".")[0] not in _REQUIREMENTS:
-            return _internal_error(error, debug)
-        if debug:
-            traceback.print_exc()
-        python = sys.executable or "this Python"
-        report(
-            f"error: {python} lacks the package '{error.name}': install it "
-            f"({python} -m pip install {error.name.split('.')[0]})"
-        )
-        return 1
-    except Exception as error:
-        if _caused_by_interrupt(error):  # with signals.install() no longer raised in nnabla
-            report("interrupted")
-            return signals.INTERRUPTED_EXIT_CODE
-        return _internal_error(error, debug)
+    except (Exception, KeyboardInterrupt) as error:
+        return _stop(error, debug)
     return 0
 
 
-def _caused_by_interrupt(error: BaseException) -> bool:
-    """Whether a KeyboardInterrupt lies under ``error``.
-
-    An interrupt that arrives while nnabla runs one of its Python callbacks (the backward
-    functions of a second-order pass) surfaces as a SystemError ("returned a result with an
-    exception set") whose chain ends in the KeyboardInterrupt, on every nnabla 1.32-1.39.
-    """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _internal_error(error: BaseException, debug: bool) -> int:
-    """Report an unexpected failure on one line (the traceback with NNSI_DEBUG=1)."""
-    if debug:
+def _stop(error: BaseException, debug: bool) -> int:
+    """Report the line that ``error`` closes the run with; its exit code."""
+    if debug and not isinstance(error, (KeyboardInterrupt, RunStopped)):
         traceback.print_exc()
-    report(
-        f"internal error: {type(error).__name__}: {one_line(error)} "
-        f"(set {DEBUG_VARIABLE}=1 for the traceback)"
-    )
-    return 2
+    line, code = closing_line(error)
+    report(line)
+    return code
 
 
 def main_image(argv: Optional[List[str]] = None) -> int:
