@@ -211,6 +211,11 @@ def check_settings(settings: RunSettings) -> None:
             raise InfluenceError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
     if settings.tile and settings.kind != "image":
         raise InfluenceError("tile draws images: it is for the image plugin")
+    workers = settings.workers
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
+    ):
+        raise InfluenceError(f"workers must be a positive integer, got {workers!r}")
     for label, path in files_read(settings)[:3]:
         if not Path(path).is_file():
             raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {path}")

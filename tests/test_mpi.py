@@ -6,10 +6,13 @@ missing MPI fails instead of skipping."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +118,108 @@ def test_bad_input_stops_every_rank_with_one_line(mpirun, samples_dir, tmp_path)
     assert missing.returncode == 1
     (line,) = error_lines(missing.stderr)
     assert line.startswith("error: model file not found")
+
+
+# --------------------------------------------------------------------------------------
+# Stopping together: whatever ends one rank ends every rank within seconds, each rank's
+# temporary folder removed, rank 0 printing the one line of the rank where the run stopped.
+
+STOP_SECONDS = 30  # from the event to the end of mpirun (about one second when it works)
+
+
+class MpiJob:
+    """An ``mpirun`` in the background: its output in files, its ranks found in /proc."""
+
+    def __init__(self, command, folder: Path, cwd: Path = REPO) -> None:
+        self.err_path = folder / "mpirun.err"
+        self.process = subprocess.Popen(
+            [str(c) for c in command],
+            cwd=cwd,
+            env=mpi_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=self.err_path.open("w"),
+        )
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def rank_pids(self) -> dict:
+        """Rank -> process id of the ranks mpirun started (its children, by their rank
+        variable)."""
+        pids = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent != self.process.pid:
+                continue
+            for variable in environ:
+                if variable.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    pids[int(variable.split(b"=", 1)[1])] = int(entry.name)
+        return pids
+
+    def wait_until(self, condition, what: str, timeout: float = 240) -> None:
+        """Poll ``condition`` until it holds; fail (saying ``what``) if mpirun ends first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"mpirun ended before {what}:\n{self.stderr}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout} s:\n{self.stderr}"
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = STOP_SECONDS) -> float:
+        """Seconds until mpirun ends (failing the test if it outlives ``timeout``)."""
+        start = time.monotonic()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.end()
+            pytest.fail(f"mpirun still ran {timeout} s later:\n{self.stderr[-3000:]}")
+        return time.monotonic() - start
+
+    def end(self) -> None:
+        """Stop what still runs: mpirun ends its ranks on SIGTERM, unless they are stuck in
+        a collective (then they are killed, found while mpirun is still their parent)."""
+        if self.process.poll() is not None:
+            return
+        ranks = self.rank_pids()
+        self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        for pid in ranks.values():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def jobs():
+    started = []
+    yield lambda *args, **kwargs: started.append(MpiJob(*args, **kwargs)) or started[-1]
+    for job in started:
+        job.end()
+
+
+def temporary_folders(*parents: Path) -> list:
+    return sorted(p for parent in parents for p in parent.glob("sgd_influence_*"))
+
+
+def test_workers_0_is_refused_before_the_inputs_are_handed_over(
+    mpirun, samples_dir, tmp_path, jobs
+):
+    """Refused by rank 0 with the other checks: the other rank never starts (it used to run
+    the trial with one worker and wait for rank 0 in a collective for ever)."""
+    (tmp_path / "out").mkdir()
+    command = tabular(samples_dir, tmp_path / "out" / "o.csv", "--workers", 0)
+    job = jobs([mpirun, "-n", 2, sys.executable, *command], tmp_path)
+    job.wait(timeout=120)
+    assert job.process.returncode == 1, job.stderr[-2000:]
+    assert error_lines(job.stderr) == ["error: workers must be a positive integer, got 0"]
+    assert "scoring" not in job.stderr  # rank 0 logs it once the inputs are handed over
+    assert temporary_folders(tmp_path / "out") == []
