@@ -235,10 +235,13 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, run the plugin and turn every outcome into an exit code."""
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     configure_logging(debug)
+    job = _join_mpi_job()
+    if job is None and launched()[0] > 1 and launched()[1] != 0:
+        return 0  # mpirun without mpi4py: rank 0 does the whole run (and says so)
     try:
         check_environment()
     except InfluenceError as error:
-        return _stop(error, debug)
+        return _stop(error, job, debug)
     args = build_parser(kind).parse_args(argv)
     try:
         signals.checkpoint()
@@ -248,17 +251,36 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
         signals.checkpoint()  # a signal during the import of nnabla is acted on here
         run(*settings_from_args(kind, args))
     except (Exception, KeyboardInterrupt) as error:
-        return _stop(error, debug)
+        return _stop(error, job, debug)
     return 0
 
 
-def _stop(error: BaseException, debug: bool) -> int:
-    """Report the line that ``error`` closes the run with; its exit code."""
+def _stop(error: BaseException, job, debug: bool) -> int:
+    """Report the line that ``error`` closes the run with; its exit code.
+
+    Under MPI (``job``, a :class:`.mpi.World`) the ranks agree on one line: that of the
+    rank where the run stopped, which rank 0 prints.
+    """
     if debug and not isinstance(error, (KeyboardInterrupt, RunStopped)):
         traceback.print_exc()
-    line, code = closing_line(error)
+    line, code = closing_line(error) if job is None else job.settle(error)
     report(line)
     return code
+
+
+def _join_mpi_job():
+    """This process's :class:`.mpi.World` under ``mpirun`` with mpi4py, else None.
+
+    Every rank joins first, before anything can fail: a rank that stops then waits in
+    ``MPI_Finalize`` until every rank gets there, so the launcher never ends rank 0 before
+    it printed the run's line (Open MPI ends every rank a quarter of a second after one
+    exits with an error).
+    """
+    if launched()[0] <= 1:
+        return None
+    from .mpi import world
+
+    return world()
 
 
 def main_image(argv: Optional[List[str]] = None) -> int:

@@ -25,10 +25,10 @@ from .compat import warn_if_untested_nnabla
 from .context import NNTXT_NAME, resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
-from .errors import InfluenceError, RunStopped
+from .environment import launched
+from .errors import InfluenceError
 from .graphs import RANDOM_LAYERS
 from .model import NnpModel, load_model
-from .mpi import launched
 from .mpi import world as mpi_world
 from .output import write_image_csv, write_step_log, write_tabular_csv
 from .paths import check_outputs, check_temporary_parent, image_inputs, rebase_image_cells
@@ -131,36 +131,21 @@ def run(
 
 
 def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
-    """Everything checked and loaded (on rank 0, which then hands the inputs to the others)."""
-    try:
-        check_settings(settings)
-        warn_if_untested_nnabla(log)
-        resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
-        inputs = load_inputs(settings)
-    except BaseException as error:
-        if world is not None:  # every rank stops; rank 0 alone says why
-            world.comm.bcast(("stop", _exit_code(error)), root=0)
-        raise
+    """Everything checked and loaded (on rank 0, which then hands the inputs to the others;
+    if it stops instead, the others hear it from the job: see :mod:`.mpi`)."""
+    check_settings(settings)
+    warn_if_untested_nnabla(log)
+    resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
+    inputs = load_inputs(settings)
     if world is not None:
-        world.comm.bcast(("go", inputs), root=0)
+        world.share(inputs)
     return inputs
-
-
-def _exit_code(error: BaseException) -> int:
-    if isinstance(error, InfluenceError):
-        return 1
-    if isinstance(error, KeyboardInterrupt):
-        return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
-    return 2
 
 
 def _run_other_rank(settings: RunSettings, arguments: InfluenceArguments, world) -> None:
     """A rank other than 0: wait for the inputs rank 0 checked, then take its share."""
     logging.getLogger("nnabla_sgd_influence").setLevel(logging.WARNING)
-    kind, payload = world.comm.bcast(None, root=0)
-    if kind == "stop":
-        raise RunStopped(payload)
-    model, train, val = payload
+    model, train, val = world.share()
     parent = temp_parent(settings)
     compute_influence(
         model,
