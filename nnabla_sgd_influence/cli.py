@@ -22,27 +22,9 @@ from .arguments import HVP_METHODS, MODES
 from .compat import import_nnabla
 from .context import CONTEXTS
 from .environment import check_interpreter, check_packages, launched, use_single_threaded_blas
-from .errors import InfluenceError, RunStopped, one_line
-from .limits import OPENBLAS_LOAD_BYTES, check_room, is_out_of_memory
+from .errors import DEBUG_VARIABLE, InfluenceError, RunStopped, closing_line, one_line
+from .limits import OPENBLAS_LOAD_BYTES, check_room
 from .progress import close_open_bars
-
-DEBUG_VARIABLE = "NNSI_DEBUG"
-# Third-party packages the plugins import: a missing one is the user's setup, not our bug.
-_REQUIREMENTS = {
-    "nnabla",
-    "nnabla_ext",
-    "numpy",
-    "scipy",
-    "pandas",
-    "PIL",
-    "tqdm",
-    "h5py",
-    "google",
-}
-OUT_OF_MEMORY = (
-    "error: out of memory: the run needs more memory than this process may use (the "
-    "machine's, or a limit such as ulimit -v)"
-)
 
 _PAPERS = """
 Ranks every row of the training dataset by its SGD-Influence on the validation loss:
@@ -261,11 +243,13 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, run the plugin and turn every outcome into an exit code."""
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     configure_logging(debug)
+    job = _join_mpi_job()
+    if job is None and launched()[0] > 1 and launched()[1] != 0:
+        return 0  # mpirun without mpi4py: rank 0 does the whole run (and says so)
     try:
         check_interpreter()  # even for -h: see environment.py
     except InfluenceError as error:
-        report(f"error: {one_line(error)}")
-        return 1
+        return _stop(error, job, debug)
     args = build_parser(kind).parse_args(argv)
     try:
         check_packages()
@@ -276,69 +260,37 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
 
         signals.checkpoint()  # a signal during the import of nnabla is acted on here
         run(*settings_from_args(kind, args))
-    except InfluenceError as error:
-        if debug:
-            traceback.print_exc()
-        report(f"error: {one_line(error)}")
-        return 1
-    except RunStopped as stop:  # rank 0 of the MPI job said why
-        return stop.exit_code
-    except KeyboardInterrupt as error:
-        report("interrupted")
-        return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
-    except Exception as error:
-        return _failure(error, debug)
+    except (Exception, KeyboardInterrupt) as error:
+        return _stop(error, job, debug)
     return 0
 
 
-def _failure(error: Exception, debug: bool) -> int:
-    """Report a failure that is not an :class:`InfluenceError`; return the exit code."""
-    if _caused_by_interrupt(error):  # with signals.install() no longer raised in nnabla
-        report("interrupted")
-        return signals.INTERRUPTED_EXIT_CODE
-    if is_out_of_memory(error):  # a MemoryError, or a library that could not be mapped
-        if debug:
-            traceback.print_exc()
-        report(OUT_OF_MEMORY)
-        return 1
-    missing = getattr(error, "name", None) or ""
-    if isinstance(error, ModuleNotFoundError) and missing.split(".")[0] in _REQUIREMENTS:
-        if debug:
-            traceback.print_exc()
-        python = sys.executable or "this Python"
-        report(
-            f"error: {python} lacks the package '{missing}': install it "
-            f"({python} -m pip install {missing.split('.')[0]})"
-        )
-        return 1
-    return _internal_error(error, debug)
+def _stop(error: BaseException, job, debug: bool) -> int:
+    """Report the line that ``error`` closes the run with; its exit code.
 
-
-def _caused_by_interrupt(error: BaseException) -> bool:
-    """Whether a KeyboardInterrupt lies under ``error``.
-
-    An interrupt that arrives while nnabla runs one of its Python callbacks (the backward
-    functions of a second-order pass) surfaces as a SystemError ("returned a result with an
-    exception set") whose chain ends in the KeyboardInterrupt, on every nnabla 1.32-1.39.
+    Under MPI (``job``, a :class:`.mpi.World`) the ranks agree on one line: that of the
+    rank where the run stopped, which rank 0 prints.
     """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _internal_error(error: BaseException, debug: bool) -> int:
-    """Report an unexpected failure on one line (the traceback with NNSI_DEBUG=1)."""
-    if debug:
+    if debug and not isinstance(error, (KeyboardInterrupt, RunStopped)):
         traceback.print_exc()
-    report(
-        f"internal error: {type(error).__name__}: {one_line(error)} "
-        f"(set {DEBUG_VARIABLE}=1 for the traceback)"
-    )
-    return 2
+    line, code = closing_line(error) if job is None else job.settle(error)
+    report(line)
+    return code
+
+
+def _join_mpi_job():
+    """This process's :class:`.mpi.World` under ``mpirun`` with mpi4py, else None.
+
+    Every rank joins first, before anything can fail: a rank that stops then waits in
+    ``MPI_Finalize`` until every rank gets there, so the launcher never ends rank 0 before
+    it printed the run's line (Open MPI ends every rank a quarter of a second after one
+    exits with an error).
+    """
+    if launched()[0] <= 1:
+        return None
+    from .mpi import world
+
+    return world()
 
 
 def main_image(argv: Optional[List[str]] = None) -> int:

@@ -2,16 +2,14 @@
 
 :func:`check_memory` refuses an allocation that cannot fit the machine (an image cache of
 60,000 rows of a hostile input shape, say) with one line, instead of a ``MemoryError`` or the
-kernel's out-of-memory kill half way through. (The seeds' limit is
-:class:`~.arguments.InfluenceArguments`'.) :func:`is_out_of_memory` tells memory that ran out
-anyway from other failures, whatever form it takes; :func:`check_room` keeps native code
-that does not survive a failed allocation (OpenBLAS loading, HDF5 opening a file) from
-starting without room for it.
+kernel's out-of-memory kill half way through. :func:`check_room` keeps native code that does
+not survive a failed allocation (OpenBLAS loading, HDF5 opening a file) from starting without
+room for it. (Memory that runs out anyway is told from other failures by
+:func:`.errors.is_out_of_memory`.)
 """
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 from contextlib import suppress
@@ -19,10 +17,6 @@ from typing import Optional
 
 from .errors import InfluenceError
 
-# What the dynamic loader and the C library say when no memory (or address space) is left;
-# an import then fails with an ImportError or OSError carrying these words, and a thread
-# whose stack cannot be mapped with a RuntimeError.
-_OUT_OF_MEMORY_WORDS = ("failed to map segment", "cannot allocate memory", "can't start new thread")
 # Address space that loading a library with OpenBLAS takes: the library and the buffer that
 # OpenBLAS allocates while it loads (measured: numpy 1.26 62 MB, scipy 1.15's linalg 82 MB),
 # with a margin. OpenBLAS retries a failed allocation forever: the import hangs.
@@ -88,26 +82,3 @@ def check_memory(nbytes: float, what: str) -> None:
             f"{what} needs {_human(nbytes)} of memory, more than the {_human(available)} "
             "this process can use"
         )
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error``, or an error it was raised from, means that memory ran out.
-
-    A :class:`MemoryError`; an ``OSError`` with ``ENOMEM``; an ``ImportError`` or ``OSError``
-    whose message is the loader's "failed to map segment from shared object" or the C
-    library's "cannot allocate memory" (a library that cannot be mapped under an address-space
-    limit such as ``ulimit -v``; numpy re-raises it under a message of its own); Python's
-    "can't start new thread" (no room for the thread's stack).
-    """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, MemoryError) or getattr(error, "errno", None) == errno.ENOMEM:
-            return True
-        text = str(error).lower()
-        if isinstance(error, (ImportError, OSError, RuntimeError)) and any(
-            words in text for words in _OUT_OF_MEMORY_WORDS
-        ):
-            return True
-        error = error.__cause__ or error.__context__
-    return False

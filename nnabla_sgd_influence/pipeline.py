@@ -27,11 +27,11 @@ from .compat import warn_if_untested_nnabla
 from .context import resolve_context
 from .csvfile import check_encoding
 from .datasets import Dataset, load_dataset
-from .errors import InfluenceError, RunStopped, excerpt_path
+from .environment import launched
+from .errors import InfluenceError, excerpt_path
 from .graphs import RANDOM_LAYERS
 from .limits import OPENBLAS_LOAD_BYTES, check_room
 from .model import NnpModel, load_model
-from .mpi import launched
 from .mpi import world as mpi_world
 from .output import write_image_csv, write_step_log, write_tabular_csv
 from .paths import (
@@ -182,36 +182,21 @@ def import_run_time_modules(settings: RunSettings, arguments: InfluenceArguments
 
 
 def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
-    """Everything checked and loaded (on rank 0, which then hands the inputs to the others)."""
-    try:
-        check_settings(settings)
-        warn_if_untested_nnabla(log)
-        resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
-        inputs = load_inputs(settings)
-    except BaseException as error:
-        if world is not None:  # every rank stops; rank 0 alone says why
-            world.comm.bcast(("stop", _exit_code(error)), root=0)
-        raise
+    """Everything checked and loaded (on rank 0, which then hands the inputs to the others;
+    if it stops instead, the others hear it from the job: see :mod:`.mpi`)."""
+    check_settings(settings)
+    warn_if_untested_nnabla(log)
+    resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
+    inputs = load_inputs(settings)
     if world is not None:
-        world.comm.bcast(("go", inputs), root=0)
+        world.share(inputs)
     return inputs
-
-
-def _exit_code(error: BaseException) -> int:
-    if isinstance(error, InfluenceError):
-        return 1
-    if isinstance(error, KeyboardInterrupt):
-        return getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
-    return 2
 
 
 def _run_other_rank(settings: RunSettings, arguments: InfluenceArguments, world) -> None:
     """A rank other than 0: wait for the inputs rank 0 checked, then take its share."""
     logging.getLogger("nnabla_sgd_influence").setLevel(logging.WARNING)
-    kind, payload = world.comm.bcast(None, root=0)
-    if kind == "stop":
-        raise RunStopped(payload)
-    model, train, val = payload
+    model, train, val = world.share()
     parent = temp_parent(settings)
     compute_influence(
         model,
@@ -264,6 +249,11 @@ def check_settings(settings: RunSettings) -> None:
             raise InfluenceError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
     if settings.tile and settings.kind != "image":
         raise InfluenceError("tile draws images: it is for the image plugin")
+    workers = settings.workers
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
+    ):
+        raise InfluenceError(f"workers must be a positive integer, got {workers!r}")
     for label, path in files_read(settings)[:3]:
         if not Path(path).is_file():
             raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {excerpt_path(path)}")

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
 _EXIT_CODES = {"SIGHUP": 129}
 INTERRUPTED_EXIT_CODE = 130
+#: Not a signal: what :func:`request_stop` records (another thread asks the run to stop).
+STOP_REQUEST = 0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -83,6 +85,8 @@ def handled_signals() -> Dict[str, int]:
 
 
 def signal_name(signum: int) -> str:
+    if signum == STOP_REQUEST:
+        return "stop request"
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -141,6 +145,17 @@ def _replace_handlers() -> Dict[int, object]:
 def _restore_handlers(previous: Dict[int, object]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def request_stop() -> None:
+    """Make the next checkpoint raise :class:`Interrupted` with ``signum`` :data:`STOP_REQUEST`.
+
+    How another thread stops the main thread at a safe point, as a signal would (an MPI
+    rank's watcher, when another rank stopped): the main thread may be inside a long nnabla
+    call or a clean-up, where nothing may be raised. A signal already pending stays the one
+    acted on. Works whether or not :func:`install` was called.
+    """
+    _record(STOP_REQUEST, None)
 
 
 def installed() -> bool:

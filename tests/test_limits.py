@@ -17,9 +17,8 @@ import pytest
 from plugin_helpers import IMAGE_SCRIPT, REPO, plugin_env, read_csv
 
 from nnabla_sgd_influence.arguments import SEED_MAX, InfluenceArguments
-from nnabla_sgd_influence.cli import OUT_OF_MEMORY
-from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.limits import check_memory, is_out_of_memory, physical_memory
+from nnabla_sgd_influence.errors import OUT_OF_MEMORY, InfluenceError, is_out_of_memory
+from nnabla_sgd_influence.limits import check_memory, physical_memory
 
 
 def check_seeds(seed: int, n_trials: int) -> None:

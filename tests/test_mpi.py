@@ -6,10 +6,15 @@ missing MPI fails instead of skipping."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +120,227 @@ def test_bad_input_stops_every_rank_with_one_line(mpirun, samples_dir, tmp_path)
     assert missing.returncode == 1
     (line,) = error_lines(missing.stderr)
     assert line.startswith("error: model file not found")
+
+
+# --------------------------------------------------------------------------------------
+# Stopping together: whatever ends one rank ends every rank within seconds, each rank's
+# temporary folder removed, rank 0 printing the one line of the rank where the run stopped.
+
+STOP_SECONDS = 30  # from the event to the end of mpirun (about one second when it works)
+
+
+class MpiJob:
+    """An ``mpirun`` in the background: its output in files, its ranks found in /proc."""
+
+    def __init__(self, command, folder: Path, cwd: Path = REPO) -> None:
+        self.err_path = folder / "mpirun.err"
+        self.process = subprocess.Popen(
+            [str(c) for c in command],
+            cwd=cwd,
+            env=mpi_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=self.err_path.open("w"),
+        )
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def rank_pids(self) -> dict:
+        """Rank -> process id of the ranks mpirun started (its children, by their rank
+        variable)."""
+        pids = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if parent != self.process.pid:
+                continue
+            for variable in environ:
+                if variable.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    pids[int(variable.split(b"=", 1)[1])] = int(entry.name)
+        return pids
+
+    def wait_until(self, condition, what: str, timeout: float = 240) -> None:
+        """Poll ``condition`` until it holds; fail (saying ``what``) if mpirun ends first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"mpirun ended before {what}:\n{self.stderr}"
+            assert time.monotonic() < deadline, f"no {what} after {timeout} s:\n{self.stderr}"
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = STOP_SECONDS) -> float:
+        """Seconds until mpirun ends (failing the test if it outlives ``timeout``)."""
+        start = time.monotonic()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.end()
+            pytest.fail(f"mpirun still ran {timeout} s later:\n{self.stderr[-3000:]}")
+        return time.monotonic() - start
+
+    def end(self) -> None:
+        """Stop what still runs: mpirun ends its ranks on SIGTERM, unless they are stuck in
+        a collective (then they are killed, found while mpirun is still their parent)."""
+        if self.process.poll() is not None:
+            return
+        ranks = self.rank_pids()
+        self.process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        for pid in ranks.values():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def jobs():
+    started = []
+    yield lambda *args, **kwargs: started.append(MpiJob(*args, **kwargs)) or started[-1]
+    for job in started:
+        job.end()
+
+
+def temporary_folders(*parents: Path) -> list:
+    return sorted(p for parent in parents for p in parent.glob("sgd_influence_*"))
+
+
+EPOCHS = 200  # of the long runs: 1,200 steps, whose retrace in --mode exact takes 10 s or more
+
+
+def long_tabular(samples: Path, tmp_path: Path, *extra) -> list:
+    """A tabular run of a minute or so, its temporary folders in ``tmp_path/temp``."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "temp").mkdir()
+    options = ["--temp-dir", tmp_path / "temp", "--epochs", EPOCHS, *extra]
+    return tabular(samples, tmp_path / "out" / "o.csv", *options)
+
+
+def snapshots_of_step(tmp_path: Path, step: int) -> int:
+    """How many ranks stored the snapshot of retraining step ``step`` (``--mode exact``)."""
+    pattern = f"sgd_influence_*/trial_*/snapshots-*/{step:07d}.npy"
+    return len(list((tmp_path / "temp").glob(pattern)))
+
+
+def retrained(tmp_path: Path) -> int:
+    """How many ranks have retrained (stored the last step's snapshot): with the batch split,
+    the retrace follows, where each step waits on the other rank."""
+    return snapshots_of_step(tmp_path, EPOCHS * math.ceil(341 / 64) - 1)
+
+
+def assert_ended_cleanly(job: MpiJob, seconds: float, tmp_path: Path, code: int, line: str):
+    stderr = job.stderr
+    assert seconds < STOP_SECONDS, stderr
+    assert job.process.returncode == code, stderr[-3000:]
+    assert error_lines(stderr) == [line], stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert temporary_folders(tmp_path / "temp", tmp_path / "out") == []
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_workers_0_is_refused_before_the_inputs_are_handed_over(
+    mpirun, samples_dir, tmp_path, jobs
+):
+    """Refused by rank 0 with the other checks: the other rank never starts (it used to run
+    the trial with one worker and wait for rank 0 in a collective for ever)."""
+    (tmp_path / "out").mkdir()
+    command = tabular(samples_dir, tmp_path / "out" / "o.csv", "--workers", 0)
+    job = jobs([mpirun, "-n", 2, sys.executable, *command], tmp_path)
+    job.wait(timeout=120)
+    assert job.process.returncode == 1, job.stderr[-2000:]
+    assert error_lines(job.stderr) == ["error: workers must be a positive integer, got 0"]
+    assert "scoring" not in job.stderr  # rank 0 logs it once the inputs are handed over
+    assert temporary_folders(tmp_path / "out") == []
+
+
+def test_a_slow_rank_0_still_prints_the_line(mpirun, samples_dir, tmp_path, jobs):
+    """Every rank finds -bs 0; rank 1, quicker, must not exit before rank 0 said so (Open MPI
+    then ends rank 0 a quarter of a second later, before it printed anything)."""
+    command = [sys.executable, *tabular(samples_dir, tmp_path / "o.csv", "-bs", 0)]
+    late = " ".join(["sleep 3; exec", *(shlex.quote(str(c)) for c in command)])
+    job = jobs([mpirun, "-n", 1, "sh", "-c", late, ":", "-n", 1, *command], tmp_path)
+    job.wait(timeout=120)
+    assert job.process.returncode == 1, job.stderr[-2000:]
+    assert error_lines(job.stderr) == ["error: batch_size must be a positive integer, got 0"]
+
+
+@pytest.mark.parametrize(
+    "signum, rank",
+    [
+        (signal.SIGINT, 1),
+        (signal.SIGTERM, 1),
+        (signal.SIGINT, 0),
+        (signal.SIGTERM, 0),
+    ],
+)
+def test_a_signal_to_one_rank_ends_every_rank(mpirun, samples_dir, tmp_path, jobs, signum, rank):
+    """In the retrace of a batch split, where the other rank waits in a collective."""
+    command = long_tabular(samples_dir, tmp_path, "--mode", "exact")
+    job = jobs([mpirun, "-n", 2, sys.executable, *command], tmp_path)
+    job.wait_until(lambda: retrained(tmp_path) == 2, "the end of the retraining")
+    os.kill(job.rank_pids()[rank], signum)
+    seconds = job.wait()
+    line = "interrupted" if rank == 0 else f"interrupted (MPI rank {rank})"
+    assert_ended_cleanly(job, seconds, tmp_path, 130, line)
+
+
+@pytest.fixture
+def full_folder(tmp_path):
+    """A 200 kB tmpfs with a few kB left (mounting it needs root)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (mount / "filler").write_bytes(b"\0" * (190 * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_one_ranks_full_disk_ends_every_rank(mpirun, samples_dir, tmp_path, jobs, full_folder):
+    """--mode exact, rank 1's temporary folder on a full disk (its own --temp-dir)."""
+    command = [sys.executable, *long_tabular(samples_dir, tmp_path, "--mode", "exact")]
+    rank_1 = [*command, "--temp-dir", full_folder]  # the last --temp-dir wins
+    job = jobs([mpirun, "-n", 1, *command, ":", "-n", 1, *rank_1], tmp_path)
+    seconds = job.wait(timeout=240)
+    stderr = job.stderr
+    (line,) = error_lines(stderr)
+    assert line.startswith(f"error: MPI rank 1: cannot write {full_folder}/sgd_influence_"), stderr
+    assert line.endswith(
+        ": no space left on the device; choose another place for temporary files with --temp-dir"
+    ), line
+    assert_ended_cleanly(job, seconds, tmp_path, 1, line)
+    assert [p.name for p in full_folder.iterdir()] == ["filler"]
+
+
+@pytest.mark.parametrize("recovery", [True, False], ids=["enable-recovery", "plain"])
+def test_a_rank_killed_by_the_system_ends_every_rank(mpirun, samples_dir, tmp_path, jobs, recovery):
+    """kill -9 of rank 1 mid-trial (trials split: rank 0 busy with its own trial; rank 1's
+    snapshots are left for rank 0 to remove).
+
+    Plain mpirun ends every rank itself half a second after one dies (SIGTERM, then SIGKILL)
+    and exits 137; with --enable-recovery it leaves the ending to the ranks, and exits 1.
+    """
+    command = long_tabular(samples_dir, tmp_path, "-nt", 2, "--mode", "exact")
+    options = ["--enable-recovery"] if recovery else []
+    job = jobs([mpirun, *options, "-n", 2, sys.executable, *command], tmp_path)
+    job.wait_until(lambda: snapshots_of_step(tmp_path, 10) == 2, "snapshots of both ranks")
+    pid = job.rank_pids()[1]
+    os.kill(pid, signal.SIGKILL)
+    seconds = job.wait()
+    line = (
+        f"error: MPI rank 1: the process (pid {pid}) ended without a word: killed by the "
+        "system (out of memory?) or by hand; if memory ran out, run fewer ranks per machine"
+    )
+    assert_ended_cleanly(job, seconds, tmp_path, 1 if recovery else 137, line)
