@@ -15,8 +15,8 @@ import nnabla.function
 import nnabla.utils.load_function
 import numpy as np
 import pytest
+from model_files import rewrite_nntxt
 from nnabla.utils import nnabla_pb2
-from test_model import _rewrite as _rewrite_nntxt
 
 from nnabla_sgd_influence import cli, compat, solvers
 from nnabla_sgd_influence.errors import InfluenceError
@@ -235,7 +235,7 @@ def test_lion_loads_where_nnabla_has_it_and_is_explained_where_not(samples_dir, 
         lion = "    lion_param {\n      lr: 0.001\n      beta1: 0.9\n      beta2: 0.99\n    }"
         return text[:start].replace('type: "Sgd"', 'type: "Lion"') + lion + text[end:]
 
-    path = _rewrite_nntxt(_nnp(samples_dir, "cancer_mlp"), tmp_path / "lion.nnp", to_lion)
+    path = rewrite_nntxt(_nnp(samples_dir, "cancer_mlp"), tmp_path / "lion.nnp", to_lion)
     if compat.nnabla_version() >= compat.SOLVER_SINCE["Lion"]:
         model = load_model(path)
         assert model.solver.type == "Lion"
@@ -259,7 +259,7 @@ def test_unknown_field_is_explained(samples_dir, tmp_path):
     def add_field(text: str) -> str:
         return text.replace("    sgd_param {", "    sgd_param {\n      future_knob: 1", 1)
 
-    path = _rewrite_nntxt(_nnp(samples_dir, "cancer_mlp"), tmp_path / "new.nnp", add_field)
+    path = rewrite_nntxt(_nnp(samples_dir, "cancer_mlp"), tmp_path / "new.nnp", add_field)
     with pytest.raises(InfluenceError, match="may come from a newer nnabla than nnabla 1"):
         load_model(path)
     assert compat.unknown_field_hint(ValueError("no field here")) == ""

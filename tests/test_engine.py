@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_files import MIDDLE_LAYERS, ArrayDataset, write_tiny_model
 
 from nnabla_sgd_influence.arguments import InfluenceArguments
 from nnabla_sgd_influence.datasets import load_dataset
@@ -191,104 +192,15 @@ def test_finite_difference_ranking_agrees_with_autodiff(samples_dir, tmp_path, m
     assert tau >= 0.95
 
 
-_MIDDLE_LAYERS = {
-    "DepthwiseConvolution": """function { name: "DW" type: "DepthwiseConvolution" input: "Input"
-    input: "DW/W" input: "DW/b" output: "DW" depthwise_convolution_param { base_axis: 1
-    pad { dim: 0 dim: 0 } stride { dim: 1 dim: 1 } dilation { dim: 1 dim: 1 } multiplier: 1 } }
-  function { name: "Tanh" type: "Tanh" input: "DW" output: "Tanh" }""",
-    # Flip's backward cannot be differentiated again in nnabla.
-    "Flip": """function { name: "DW" type: "Convolution" input: "Input" input: "DW/W4"
-    input: "DW/b" output: "DW" convolution_param { base_axis: 1 group: 2
-    pad { dim: 0 dim: 0 } stride { dim: 1 dim: 1 } dilation { dim: 1 dim: 1 } } }
-  function { name: "Mirror" type: "Flip" input: "DW" output: "Mirror" flip_param { axes: 3 } }
-  function { name: "Tanh" type: "Tanh" input: "Mirror" output: "Tanh" }""",
-}
-
-
-def _write_model(path: Path, middle: str) -> None:
-    """A tiny NNC-style model: Input -> ``middle`` -> Tanh -> Affine -> Softmax -> loss."""
-    import zipfile
-
-    import h5py
-
-    text = """
-network {
-  name: "Main" batch_size: 4
-  variable { name: "Input" type: "Buffer" shape { dim: -1 dim: 2 dim: 6 dim: 6 } }
-  variable { name: "DW/W" type: "Parameter" shape { dim: 2 dim: 3 dim: 3 } }
-  variable { name: "DW/W4" type: "Parameter" shape { dim: 2 dim: 1 dim: 3 dim: 3 } }
-  variable { name: "DW/b" type: "Parameter" shape { dim: 2 } }
-  variable { name: "Affine/W" type: "Parameter" shape { dim: 32 dim: 3 } }
-  variable { name: "Affine/b" type: "Parameter" shape { dim: 3 } }
-  variable { name: "CategoricalCrossEntropy_T" type: "Buffer" shape { dim: -1 dim: 1 } }
-  variable { name: "DW" type: "Buffer" shape { dim: -1 dim: 2 dim: 4 dim: 4 } }
-  variable { name: "Mirror" type: "Buffer" shape { dim: -1 dim: 2 dim: 4 dim: 4 } }
-  variable { name: "Tanh" type: "Buffer" shape { dim: -1 dim: 2 dim: 4 dim: 4 } }
-  variable { name: "Affine" type: "Buffer" shape { dim: -1 dim: 3 } }
-  variable { name: "Softmax" type: "Buffer" shape { dim: -1 dim: 3 } }
-  variable { name: "CategoricalCrossEntropy" type: "Buffer" shape { dim: -1 dim: 1 } }
-  MIDDLE
-  function { name: "Affine" type: "Affine" input: "Tanh" input: "Affine/W" input: "Affine/b"
-    output: "Affine" affine_param { base_axis: 1 } }
-  function { name: "Softmax" type: "Softmax" input: "Affine" output: "Softmax"
-    softmax_param { axis: 1 } }
-  function { name: "CategoricalCrossEntropy" type: "CategoricalCrossEntropy" input: "Softmax"
-    input: "CategoricalCrossEntropy_T" output: "CategoricalCrossEntropy"
-    categorical_cross_entropy_param { axis: 1 } }
-}
-optimizer {
-  name: "Optimizer" network_name: "Main" dataset_name: "Training" update_interval: 1
-  solver { type: "Sgd" sgd_param { lr: 0.1 } }
-  data_variable { variable_name: "Input" data_name: "x" }
-  data_variable { variable_name: "CategoricalCrossEntropy_T" data_name: "y" }
-  loss_variable { variable_name: "CategoricalCrossEntropy" }
-  parameter_variable { variable_name: "DW/W" learning_rate_multiplier: 1 }
-  parameter_variable { variable_name: "DW/W4" learning_rate_multiplier: 1 }
-  parameter_variable { variable_name: "DW/b" learning_rate_multiplier: 1 }
-  parameter_variable { variable_name: "Affine/W" learning_rate_multiplier: 1 }
-  parameter_variable { variable_name: "Affine/b" learning_rate_multiplier: 1 }
-}
-""".replace("MIDDLE", middle)
-    rng = np.random.RandomState(0)
-    shapes = {
-        "DW/W": (2, 3, 3),
-        "DW/W4": (2, 1, 3, 3),
-        "DW/b": (2,),
-        "Affine/W": (32, 3),
-        "Affine/b": (3,),
-    }
-    h5_path = path.with_suffix(".h5")
-    with h5py.File(h5_path, "w") as h5:
-        for index, (name, shape) in enumerate(shapes.items()):
-            h5.create_dataset(name, data=(rng.randn(*shape) * 0.3).astype(np.float32))
-            h5[name].attrs["index"] = index
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("net.nntxt", text)
-        archive.write(h5_path, "parameter.h5")
-
-
-class _ArrayDataset:
-    def __init__(self, n: int, seed: int) -> None:
-        rng = np.random.RandomState(seed)
-        self.x = rng.rand(n, 2, 6, 6).astype(np.float32)
-        self.y = rng.randint(0, 3, (n, 1)).astype(np.float32)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batch(self, rows):
-        return {"Input": self.x[rows], "CategoricalCrossEntropy_T": self.y[rows]}
-
-
 def test_depthwise_convolution_is_differentiated_twice_as_grouped_convolution(tmp_path):
     path = tmp_path / "results.nnp"
-    _write_model(path, _MIDDLE_LAYERS["DepthwiseConvolution"])
+    write_tiny_model(path, MIDDLE_LAYERS["DepthwiseConvolution"])
     m = load_model(path)
     assert [layer.type for layer in m.layers][0] == "DepthwiseConvolution"
     graphs = _graphs(m)
     step_pass = create_pass(graphs, "auto")
     assert isinstance(step_pass, AutodiffPass)
-    train, val = _ArrayDataset(40, 0), _ArrayDataset(12, 1)
+    train, val = ArrayDataset(40, 0), ArrayDataset(12, 1)
     batch = train.batch(np.arange(8))
     v = _random_direction(graphs.params, m.trainable, seed=4)
     dots, hv = step_pass(batch, v)
@@ -303,9 +215,9 @@ def test_depthwise_convolution_is_differentiated_twice_as_grouped_convolution(tm
 
 def test_layer_without_second_order_falls_back_to_finite_differences(tmp_path, caplog):
     path = tmp_path / "results.nnp"
-    _write_model(path, _MIDDLE_LAYERS["Flip"])
+    write_tiny_model(path, MIDDLE_LAYERS["Flip"])
     m = load_model(path)
-    train, val = _ArrayDataset(40, 0), _ArrayDataset(12, 1)
+    train, val = ArrayDataset(40, 0), ArrayDataset(12, 1)
     with caplog.at_level("WARNING"):
         result = run_trial(m, train, val, InfluenceArguments(batch_size=8, mode="exact"))
     assert result.hvp_method == "finite-difference"

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from model_files import rewrite_nntxt
 
 from nnabla_sgd_influence.errors import InfluenceError
 from nnabla_sgd_influence.graphs import build_loss_graph, layers_without_second_order
@@ -134,16 +135,6 @@ def test_sample_solver_and_schedule(samples_dir):
 # Files that must be refused with one clear line
 
 
-def _rewrite(source: Path, target: Path, edit) -> Path:
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename.endswith(".nntxt"):
-                data = edit(data.decode()).encode()
-            dst.writestr(item.filename, data)
-    return target
-
-
 def _drop_section(text: str, name: str) -> str:
     lines, out, depth, skipping = text.splitlines(), [], 0, False
     for line in lines:
@@ -180,7 +171,7 @@ def test_zip_without_network(tmp_path):
 
 def test_model_without_optimizer(samples_dir, tmp_path):
     source = samples_dir / "models" / "cancer_mlp" / "results.nnp"
-    path = _rewrite(source, tmp_path / "r.nnp", lambda t: _drop_section(t, "optimizer"))
+    path = rewrite_nntxt(source, tmp_path / "r.nnp", lambda t: _drop_section(t, "optimizer"))
     with pytest.raises(InfluenceError, match="has no optimizer section"):
         load_model(path)
 
@@ -192,14 +183,14 @@ def test_model_without_loss(samples_dir, tmp_path):
         start = text.index("  loss_variable {")
         return text[:start] + text[text.index("}", start) + 2 :]
 
-    path = _rewrite(source, tmp_path / "r.nnp", drop_loss)
+    path = rewrite_nntxt(source, tmp_path / "r.nnp", drop_loss)
     with pytest.raises(InfluenceError, match="names no loss variable"):
         load_model(path)
 
 
 def test_model_with_garbled_definition(samples_dir, tmp_path):
     source = samples_dir / "models" / "cancer_mlp" / "results.nnp"
-    path = _rewrite(source, tmp_path / "r.nnp", lambda t: t + "\nnetwork { name: ")
+    path = rewrite_nntxt(source, tmp_path / "r.nnp", lambda t: t + "\nnetwork { name: ")
     with pytest.raises(
         InfluenceError, match="member .net.nntxt. is not a valid network definition"
     ):

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import pytest
+from model_files import MIDDLE_LAYERS, ArrayDataset, write_tiny_model
 from plugin_helpers import REPO, TABULAR_SCRIPT, error_lines, plugin_env
 
 from nnabla_sgd_influence import InfluenceError, compute_influence, signals
@@ -54,11 +55,10 @@ def test_workers_give_the_bytes_of_one_process(cancer):
 
 def test_a_worker_error_is_the_run_error(tmp_path, samples_dir):
     """hvp autodiff on a layer nnabla cannot differentiate twice fails inside each worker."""
-    from test_engine import _MIDDLE_LAYERS, _ArrayDataset, _write_model
 
     path = tmp_path / "flip.nnp"
-    _write_model(path, _MIDDLE_LAYERS["Flip"])
-    train, val = _ArrayDataset(16, 0), _ArrayDataset(8, 1)
+    write_tiny_model(path, MIDDLE_LAYERS["Flip"])
+    train, val = ArrayDataset(16, 0), ArrayDataset(8, 1)
     with pytest.raises(InfluenceError, match="'Mirror' \\(Flip\\) has no second-order"):
         compute_influence(path, train, val, batch_size=8, n_trials=2, hvp="autodiff", workers=2)
     assert not any(p.name.startswith("sgd_influence_") for p in Path(tmp_path).iterdir())
