@@ -49,8 +49,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "nnabla-sgd-influence=nnabla_sgd_influence.cli:run_image",
-            "nnabla-sgd-influence-tabular=nnabla_sgd_influence.cli:run_tabular",
+            "nnabla-sgd-influence=nnabla_sgd_influence.plugin.cli:run_image",
+            "nnabla-sgd-influence-tabular=nnabla_sgd_influence.plugin.cli:run_tabular",
             "nnabla-sgd-influence-install-nnc=nnabla_sgd_influence.install_nnc:main",
         ]
     },

@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, samples_dir  # noqa: E402
 
-from nnabla_sgd_influence import (  # noqa: E402
+from nnabla_sgd_influence import (
     Dataset,
     InfluenceArguments,
     NnpModel,
@@ -48,18 +48,18 @@ from nnabla_sgd_influence import (  # noqa: E402
     load_model,
     run_trial,
 )
-from nnabla_sgd_influence.graphs import GraphCache  # noqa: E402
-from nnabla_sgd_influence.hvp import (  # noqa: E402
+from nnabla_sgd_influence.influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
     PassResult,
     create_pass,
     per_row_reference,
 )
-from nnabla_sgd_influence.parameters import ParameterSet  # noqa: E402
-from nnabla_sgd_influence.query import validation_gradient  # noqa: E402
-from nnabla_sgd_influence.retrace import retrace  # noqa: E402
-from nnabla_sgd_influence.training import retrain  # noqa: E402
+from nnabla_sgd_influence.influence.query import validation_gradient  # noqa: E402
+from nnabla_sgd_influence.influence.retrace import retrace  # noqa: E402
+from nnabla_sgd_influence.influence.training import retrain  # noqa: E402
+from nnabla_sgd_influence.nnp.graphs import GraphCache  # noqa: E402
+from nnabla_sgd_influence.nnp.parameters import ParameterSet  # noqa: E402
 
 NNC_MODEL = (
     Path(__file__).resolve().parents[2] / "shared/fixtures/nnc/fashion_mnist_cnn_results.nnp"

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, samples_dir  # noqa: E402
 
-from nnabla_sgd_influence import (  # noqa: E402
+from nnabla_sgd_influence import (
     Dataset,
     InfluenceArguments,
     NnpModel,
@@ -38,9 +38,9 @@ from nnabla_sgd_influence import (  # noqa: E402
     load_model,
     run_trial,
 )
-from nnabla_sgd_influence.graphs import GraphCache, build_loss_graph  # noqa: E402
-from nnabla_sgd_influence.parameters import ParameterSet  # noqa: E402
-from nnabla_sgd_influence.training import retrain  # noqa: E402
+from nnabla_sgd_influence.influence.training import retrain  # noqa: E402
+from nnabla_sgd_influence.nnp.graphs import GraphCache, build_loss_graph  # noqa: E402
+from nnabla_sgd_influence.nnp.parameters import ParameterSet  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "output"
 METHODS = ("SGD-Influence", "random", "training loss")

@@ -30,14 +30,14 @@ sys.path.insert(0, str(REPO / "tests"))  # the float64 replay and the model vari
 from float64_reference import Float64Chain, arrays, batch_rows  # noqa: E402
 from saturated_models import logits, reaching, scaled, sigmoid_head  # noqa: E402
 
-from nnabla_sgd_influence import graphs as graphs_module  # noqa: E402
 from nnabla_sgd_influence.arguments import InfluenceArguments  # noqa: E402
-from nnabla_sgd_influence.datasets import load_dataset  # noqa: E402
-from nnabla_sgd_influence.engine import run_trial  # noqa: E402
+from nnabla_sgd_influence.data.datasets import load_dataset  # noqa: E402
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut  # noqa: E402
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau  # noqa: E402
-from nnabla_sgd_influence.model import load_model  # noqa: E402
-from nnabla_sgd_influence.second_order import equivalents  # noqa: E402
+from nnabla_sgd_influence.influence.second_order import equivalents  # noqa: E402
+from nnabla_sgd_influence.influence.trials import run_trial  # noqa: E402
+from nnabla_sgd_influence.nnp import graphs as graphs_module  # noqa: E402
+from nnabla_sgd_influence.nnp.model import load_model  # noqa: E402
 
 SAMPLES = [
     ("cancer_logreg", "train.csv"),

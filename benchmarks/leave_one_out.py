@@ -26,20 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO as ROOT  # noqa: E402
 from common import samples_dir  # noqa: E402
 
-from nnabla_sgd_influence import (  # noqa: E402
-    InfluenceArguments,
-    NnpModel,
-    load_dataset,
-    load_model,
-    run_trial,
-)
+from nnabla_sgd_influence import InfluenceArguments, NnpModel, load_dataset, load_model, run_trial
 from nnabla_sgd_influence.evaluation.agreement import agreement_with_leave_one_out  # noqa: E402
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut  # noqa: E402
-from nnabla_sgd_influence.evaluation.variants import (  # noqa: E402
-    reinitialized,
-    trained_further,
-    with_solver,
-)
+from nnabla_sgd_influence.evaluation.variants import reinitialized, trained_further, with_solver
 
 N_ROWS = 200
 ADAM = {"alpha": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}

@@ -16,16 +16,16 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "compute_influence": "api",
-    "InfluenceResult": "results",
+    "InfluenceResult": "influence.results",
     "InfluenceArguments": "arguments",
     "InfluenceError": "errors",
-    "load_model": "model",
-    "NnpModel": "model",
-    "load_dataset": "datasets",
-    "Dataset": "datasets",
-    "run_trial": "engine",
-    "run_trials": "engine",
-    "TrialResult": "engine",
+    "load_model": "nnp.model",
+    "NnpModel": "nnp.model",
+    "load_dataset": "data.datasets",
+    "Dataset": "data.datasets",
+    "run_trial": "influence.trials",
+    "run_trials": "influence.trials",
+    "TrialResult": "influence.trials",
 }
 
 __all__ = ["__version__", *_PUBLIC]

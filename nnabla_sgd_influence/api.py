@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .arguments import InfluenceArguments
-from .context import select_context
-from .datasets import Dataset, load_dataset
-from .engine import run_trials, warn_about_batches_of_one
+from .data.datasets import Dataset, load_dataset
 from .errors import InfluenceError, excerpt
-from .model import NnpModel, load_model
-from .mpi import run_trials_over_mpi
-from .mpi import world as mpi_world
-from .parallel import default_workers, run_trials_in_processes
-from .paths import files_read
-from .progress import Progress, as_progress
-from .results import InfluenceResult, images_read
-from .solvers import warn_if_not_modeled
-from .workspace import workspace
+from .execution.device import select_context
+from .execution.mpi import run_trials_over_mpi
+from .execution.mpi import world as mpi_world
+from .execution.workers import default_workers, run_trials_in_processes
+from .influence.results import InfluenceResult, images_read
+from .influence.solvers import warn_if_not_modeled
+from .influence.trials import run_trials, warn_about_batches_of_one
+from .nnp.model import NnpModel, load_model
+from .runtime.output_paths import files_read
+from .runtime.progress import Progress, as_progress
+from .runtime.workspace import workspace
 
 PathLike = Union[str, Path]
 

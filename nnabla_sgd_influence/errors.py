@@ -14,7 +14,7 @@ import os
 import sys
 from typing import List, Tuple
 
-from . import signals
+from .runtime import signals
 
 EXCERPT_CHARS = 60  # a quoted piece of user data
 LINE_CHARS = 1000  # a whole error line, file paths included

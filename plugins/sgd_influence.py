@@ -21,11 +21,11 @@ def _find_package():
 if __name__ == "__main__":
     _find_package()
     try:
-        from nnabla_sgd_influence import console, signals
+        from nnabla_sgd_influence.runtime import signals, streams
 
-        console.guard()  # a closed or failing stderr can never stop the run
+        streams.guard()  # a closed or failing stderr can never stop the run
         signals.install()  # from here on Ctrl-C, SIGTERM and SIGHUP stop it at a safe point
-        from nnabla_sgd_influence.cli import run_image
+        from nnabla_sgd_influence.plugin.cli import run_image
     except Exception as error:  # no f-string: any Python 3 must get this far
         sys.stderr.write(
             "error: this plugin needs Python 3.8-3.10 with the nnabla-sgd-influence package "

@@ -70,7 +70,7 @@ def run_in_process(
 ) -> subprocess.CompletedProcess:
     """Run the ``image`` or ``tabular`` plugin's ``main`` here, as its script would, capturing
     what it prints; the logging set-up, signal handlers and working folder are put back."""
-    from nnabla_sgd_influence import cli
+    from nnabla_sgd_influence.plugin import cli
 
     root = logging.getLogger()
     saved_logging = (list(root.handlers), root.level)

@@ -16,9 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nnabla_sgd_influence import console, signals  # noqa: E402
+from nnabla_sgd_influence.runtime import signals, streams  # noqa: E402
 
-console.guard()
+streams.guard()
 signals.install()
 
 
@@ -26,13 +26,13 @@ def main(output: Path, temp_parent: Path, steps: int) -> int:
     try:
         import numpy as np
 
-        from nnabla_sgd_influence.datasets import load_dataset
-        from nnabla_sgd_influence.graphs import GraphCache
-        from nnabla_sgd_influence.hvp import AutodiffPass
-        from nnabla_sgd_influence.model import load_model
-        from nnabla_sgd_influence.parameters import ParameterSet
-        from nnabla_sgd_influence.staging import save_array, staged_outputs
-        from nnabla_sgd_influence.workspace import workspace
+        from nnabla_sgd_influence.data.datasets import load_dataset
+        from nnabla_sgd_influence.influence.hvp import AutodiffPass
+        from nnabla_sgd_influence.nnp.graphs import GraphCache
+        from nnabla_sgd_influence.nnp.model import load_model
+        from nnabla_sgd_influence.nnp.parameters import ParameterSet
+        from nnabla_sgd_influence.runtime.staging import save_array, staged_outputs
+        from nnabla_sgd_influence.runtime.workspace import workspace
 
         signals.checkpoint()
         samples = REPO / "samples" / "build"

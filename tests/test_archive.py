@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnabla_sgd_influence import archive
-from nnabla_sgd_influence.archive import (
+from nnabla_sgd_influence.errors import LINE_CHARS, InfluenceError
+from nnabla_sgd_influence.nnp import archive
+from nnabla_sgd_influence.nnp.archive import (
     NETWORK,
     PARAMETERS,
     NnpArchive,
     check_variable_shapes,
     member_kind,
 )
-from nnabla_sgd_influence.errors import LINE_CHARS, InfluenceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_real_bounds_keep_memory_bounded(members, tmp_path):
     # VmHWM is this process's own peak; ru_maxrss would keep the pytest process's across the
     # fork and exec that start it (Linux).
     code = (
-        "import re, sys; from nnabla_sgd_influence.archive import NnpArchive;"
+        "import re, sys; from nnabla_sgd_influence.nnp.archive import NnpArchive;"
         "from nnabla_sgd_influence.errors import InfluenceError\n"
         f"try:\n  NnpArchive({str(path)!r}).network_definition()\nexcept InfluenceError as e:\n"
         "  print(e); print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"

@@ -13,11 +13,11 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.graphs import GraphCache
-from nnabla_sgd_influence.hvp import AutodiffPass, per_row_reference
-from nnabla_sgd_influence.model import load_model
-from nnabla_sgd_influence.parameters import ParameterSet
+from nnabla_sgd_influence.data.datasets import load_dataset
+from nnabla_sgd_influence.influence.hvp import AutodiffPass, per_row_reference
+from nnabla_sgd_influence.nnp.graphs import GraphCache
+from nnabla_sgd_influence.nnp.model import load_model
+from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
@@ -187,7 +187,7 @@ def test_batch_of_one_loop_equals_per_row_reference_without_batchnorm(bench, sam
 
 
 def test_batch_of_one_retrace_scores_the_retraced_rows_and_restores_parameters(bench, samples_dir):
-    from nnabla_sgd_influence.training import retrain
+    from nnabla_sgd_influence.influence.training import retrain
 
     model = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
     train = load_dataset(samples_dir / "digits" / "train.csv", model.data_variables)

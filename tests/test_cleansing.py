@@ -11,14 +11,14 @@ from plugin_helpers import read_csv, read_header, run_in_process
 from scipy import stats
 
 from nnabla_sgd_influence import InfluenceError, compute_influence, load_dataset, load_model
-from nnabla_sgd_influence.cleansing import (
+from nnabla_sgd_influence.data.cleansed_csv import (
     Counts,
     count_rows,
     distinguishable_from_zero,
     influence_std,
 )
 from nnabla_sgd_influence.evaluation.variants import trained_further
-from nnabla_sgd_influence.model import DataVariable
+from nnabla_sgd_influence.nnp.model import DataVariable
 
 IMAGE = [DataVariable("Input", "x", (1, 28, 28)), DataVariable("T", "y", (1,), n_classes=10)]
 
@@ -119,7 +119,7 @@ def japanese_image_csv(root: Path, n: int = 12) -> Path:
 
 
 def test_cleansed_image_csv_in_another_folder_rewrites_only_the_paths(tmp_path):
-    from nnabla_sgd_influence.cleansing import write_cleansed_csv
+    from nnabla_sgd_influence.data.cleansed_csv import write_cleansed_csv
 
     csv_path = japanese_image_csv(tmp_path / "data")
     dataset = load_dataset(csv_path, IMAGE)
@@ -153,7 +153,7 @@ def test_cleansed_image_csv_in_another_folder_rewrites_only_the_paths(tmp_path):
 def test_tile_shows_the_chosen_images_as_the_model_saw_them(tmp_path):
     from PIL import Image
 
-    from nnabla_sgd_influence.tile import MIN_CELL, draw_tile, sections_for
+    from nnabla_sgd_influence.data.tile import MIN_CELL, draw_tile, sections_for
 
     dataset = load_dataset(japanese_image_csv(tmp_path / "data"), IMAGE)
     scores = np.linspace(-1, 1, 12)[::-1].copy()  # row 11 is the most harmful

@@ -24,26 +24,21 @@ from plugin_helpers import (
     run_in_process,
 )
 
-from nnabla_sgd_influence import context as context_module
-from nnabla_sgd_influence import signals
 from nnabla_sgd_influence.arguments import InfluenceArguments
-from nnabla_sgd_influence.cli import build_parser
-from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.output import (
+from nnabla_sgd_influence.data.ranking_csv import (
     format_float,
     relative_path,
     write_image_csv,
     write_step_log,
     write_tabular_csv,
 )
-from nnabla_sgd_influence.pipeline import (
-    RunSettings,
-    check_settings,
-    step_log_path,
-    temp_parent,
-)
-from nnabla_sgd_influence.results import ranking
-from nnabla_sgd_influence.workspace import PREFIX, workspace
+from nnabla_sgd_influence.errors import InfluenceError
+from nnabla_sgd_influence.execution import device as context_module
+from nnabla_sgd_influence.influence.results import ranking
+from nnabla_sgd_influence.plugin.cli import build_parser
+from nnabla_sgd_influence.plugin.run import RunSettings, check_settings, step_log_path, temp_parent
+from nnabla_sgd_influence.runtime import signals
+from nnabla_sgd_influence.runtime.workspace import PREFIX, workspace
 
 SCRIPTS = {"image": IMAGE_SCRIPT, "tabular": TABULAR_SCRIPT}
 TITLES = {
@@ -150,7 +145,7 @@ def test_hidden_options_parse():
 
 def test_help_does_not_import_nnabla():
     code = (
-        "import sys; from nnabla_sgd_influence.cli import build_parser; "
+        "import sys; from nnabla_sgd_influence.plugin.cli import build_parser; "
         "build_parser('image').format_help(); assert 'nnabla' not in sys.modules, 'nnabla'; "
         "assert 'numpy' not in sys.modules, 'numpy'"
     )
@@ -238,7 +233,7 @@ def test_help_works_without_a_run_time_package_and_the_run_names_it(samples, tmp
     ],
 )
 def test_environment_check_names_what_is_missing(monkeypatch, found, version, message):
-    from nnabla_sgd_influence import environment
+    from nnabla_sgd_influence.plugin import environment
 
     real = environment.importlib.util.find_spec
     monkeypatch.setattr(
@@ -252,7 +247,7 @@ def test_environment_check_names_what_is_missing(monkeypatch, found, version, me
 
 
 def test_plugin_scripts_are_the_installer_text():
-    from nnabla_sgd_influence.plugin_scripts import CHECKOUT_NAMES, script_text
+    from nnabla_sgd_influence.plugin.scripts import CHECKOUT_NAMES, script_text
 
     for kind, name in CHECKOUT_NAMES.items():
         assert (IMAGE_SCRIPT.parent / name).read_text(encoding="utf-8") == script_text(kind)
@@ -404,8 +399,8 @@ def test_inputs_are_never_overwritten(samples, tmp_path):
     ],
 )
 def test_exit_codes(monkeypatch, capsys, raised, code, line):
-    import nnabla_sgd_influence.cli as cli
-    import nnabla_sgd_influence.pipeline as pipeline
+    import nnabla_sgd_influence.plugin.cli as cli
+    import nnabla_sgd_influence.plugin.run as pipeline
 
     def fail(_settings, _arguments):
         raise raised
@@ -419,8 +414,8 @@ def test_exit_codes(monkeypatch, capsys, raised, code, line):
 
 
 def test_interrupt_inside_an_nnabla_callback_is_an_interrupt(monkeypatch, capsys):
-    import nnabla_sgd_influence.cli as cli
-    import nnabla_sgd_influence.pipeline as pipeline
+    import nnabla_sgd_influence.plugin.cli as cli
+    import nnabla_sgd_influence.plugin.run as pipeline
 
     def fail(_settings, _arguments):
         # What nnabla raises when the signal handler runs inside its backward callback.
@@ -437,8 +432,8 @@ def test_interrupt_inside_an_nnabla_callback_is_an_interrupt(monkeypatch, capsys
 
 
 def test_debug_shows_the_traceback(monkeypatch, capsys):
-    import nnabla_sgd_influence.cli as cli
-    import nnabla_sgd_influence.pipeline as pipeline
+    import nnabla_sgd_influence.plugin.cli as cli
+    import nnabla_sgd_influence.plugin.run as pipeline
 
     def fail(_settings, _arguments):
         raise RuntimeError("boom")
@@ -451,8 +446,8 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
 
 
 def test_arguments_reach_the_settings(monkeypatch):
-    import nnabla_sgd_influence.cli as cli
-    import nnabla_sgd_influence.pipeline as pipeline
+    import nnabla_sgd_influence.plugin.cli as cli
+    import nnabla_sgd_influence.plugin.run as pipeline
 
     seen = []
     monkeypatch.setattr(pipeline, "run", lambda *given: seen.append(given))
@@ -709,7 +704,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
 
 
 def test_interrupt_during_write_leaves_no_file(tmp_path, monkeypatch):
-    import nnabla_sgd_influence.output as output
+    import nnabla_sgd_influence.data.ranking_csv as output
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt

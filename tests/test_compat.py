@@ -18,12 +18,18 @@ import pytest
 from model_files import rewrite_nntxt
 from nnabla.utils import nnabla_pb2
 
-from nnabla_sgd_influence import cli, compat, solvers
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.graphs import GraphCache, build_loss_graph, layers_without_second_order
-from nnabla_sgd_influence.hvp import create_pass
-from nnabla_sgd_influence.model import Layer, load_model
-from nnabla_sgd_influence.parameters import ParameterSet
+from nnabla_sgd_influence.influence import solvers
+from nnabla_sgd_influence.influence.hvp import create_pass
+from nnabla_sgd_influence.nnp import compat
+from nnabla_sgd_influence.nnp.graphs import (
+    GraphCache,
+    build_loss_graph,
+    layers_without_second_order,
+)
+from nnabla_sgd_influence.nnp.model import Layer, load_model
+from nnabla_sgd_influence.nnp.parameters import ParameterSet
+from nnabla_sgd_influence.plugin import cli
 
 SAMPLE_MODELS = ["digits_cnn", "cancer_mlp", "cancer_logreg", "cancer_mlp_dropout"]
 

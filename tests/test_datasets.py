@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nnabla_sgd_influence.compat import bilinear_resample
-from nnabla_sgd_influence.csvfile import (
+from nnabla_sgd_influence.data.csvfile import (
     CsvFormat,
     check_encoding,
     detect_format,
     read_records,
     read_table,
 )
-from nnabla_sgd_influence.datasets import load_dataset
+from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.errors import InfluenceError, excerpt_path
-from nnabla_sgd_influence.model import DataVariable
+from nnabla_sgd_influence.nnp.compat import bilinear_resample
+from nnabla_sgd_influence.nnp.model import DataVariable
 
 NNC_IMAGE_VARIABLES = [
     DataVariable("Input", "x", (1, 28, 28)),
@@ -190,7 +190,7 @@ def test_resizing_logs_a_single_warning(tmp_path, caplog):
         write_image(tmp_path / f"{i}.png", random_pixels(i, size))
         rows.append([f"{i}.png", i])
     csv_path = write_csv(tmp_path / "train.csv", ["x:image", "y:label"], rows)
-    with caplog.at_level(logging.WARNING, logger="nnabla_sgd_influence.datasets"):
+    with caplog.at_level(logging.WARNING, logger="nnabla_sgd_influence.data.datasets"):
         dataset = load_dataset(csv_path, NNC_IMAGE_VARIABLES, normalize_images=False)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -203,7 +203,7 @@ def test_resizing_logs_a_single_warning(tmp_path, caplog):
 
 
 def test_no_warning_when_sizes_match(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="nnabla_sgd_influence.datasets"):
+    with caplog.at_level(logging.WARNING, logger="nnabla_sgd_influence.data.datasets"):
         load_dataset(mnist_like(tmp_path, n=2), NNC_IMAGE_VARIABLES)
     assert not caplog.records
 

@@ -14,22 +14,22 @@ import pytest
 from model_files import MIDDLE_LAYERS, ArrayDataset, write_tiny_model
 
 from nnabla_sgd_influence.arguments import InfluenceArguments
-from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.engine import run_trial
+from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.errors import InfluenceError
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau
-from nnabla_sgd_influence.graphs import GraphCache
-from nnabla_sgd_influence.hvp import (
+from nnabla_sgd_influence.influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
     create_pass,
     per_row_reference,
 )
-from nnabla_sgd_influence.model import load_model
-from nnabla_sgd_influence.parameters import ParameterSet
-from nnabla_sgd_influence.retrace import retrace
-from nnabla_sgd_influence.training import retrain
+from nnabla_sgd_influence.influence.retrace import retrace
+from nnabla_sgd_influence.influence.training import retrain
+from nnabla_sgd_influence.influence.trials import run_trial
+from nnabla_sgd_influence.nnp.graphs import GraphCache
+from nnabla_sgd_influence.nnp.model import load_model
+from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 
 def flat(arrays):
@@ -229,7 +229,7 @@ def test_layer_without_second_order_falls_back_to_finite_differences(tmp_path, c
 
 
 def test_a_batch_of_one_row_with_batch_normalization_is_warned_about(samples_dir, caplog):
-    from nnabla_sgd_influence.engine import warn_about_batches_of_one
+    from nnabla_sgd_influence.influence.trials import warn_about_batches_of_one
 
     cnn = load_model(samples_dir / "models" / "digits_cnn" / "results.nnp")
     mlp = load_model(samples_dir / "models" / "cancer_mlp" / "results.nnp")

@@ -17,7 +17,7 @@ import pytest
 from plugin_helpers import COMPLETION, REPO, read_csv
 
 from nnabla_sgd_influence.errors import InfluenceError, excerpt
-from nnabla_sgd_influence.install_nnc import RECORD, install, uninstall
+from nnabla_sgd_influence.plugin.install import RECORD, install, uninstall
 
 XAI = Path("libs", "plugins", "_Post_Process", "_XAI")
 DECOY = 'import argparse\nargparse.ArgumentParser(description="{title}").parse_args()\n'
@@ -56,7 +56,7 @@ def test_install_writes_beside_sony_and_uninstall_removes_exactly_that(tmp_path)
     xai = root / XAI
     assert "_Image/sgd_influence_retrace.py" in written
     assert "_Table/sgd_influence_retrace_tabular.py" in written
-    assert "_Image/nnabla_sgd_influence/cli.py" in written
+    assert "_Image/nnabla_sgd_influence/plugin/cli.py" in written
     assert "_Table/nnabla_sgd_influence/api.py" in written
     after = hashes(root)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing else changed
@@ -152,7 +152,7 @@ def outside_tree(tmp_path: Path) -> Path:
 
 def run_installer(capsys, *args: object):
     """``main`` as the command runs it: (exit code, lines on stderr)."""
-    from nnabla_sgd_influence.install_nnc import main
+    from nnabla_sgd_influence.plugin.install import main
 
     code = main([str(a) for a in args])
     return code, capsys.readouterr().err.splitlines()
@@ -348,7 +348,7 @@ def test_ctrl_c_during_the_install_is_one_line_and_leaves_no_temporary_file(
 INSTALLED_LINKS = [  # what is moved out of the tree and linked back after an install
     "_Image/sgd_influence_retrace.py",
     "_Image/nnabla_sgd_influence",
-    "_Table/nnabla_sgd_influence/second_order",
+    "_Table/nnabla_sgd_influence/influence/second_order",
     "_Table",
     ".",
 ]
@@ -388,7 +388,7 @@ def test_uninstall_removes_every_folder_the_install_created(tmp_path):
     before = tree_listing(root)
     install(root)
     package = root / XAI / "_Image" / "nnabla_sgd_influence"
-    for cache in (package / "__pycache__", package / "second_order" / "__pycache__"):
+    for cache in (package / "__pycache__", package / "influence" / "second_order" / "__pycache__"):
         cache.mkdir()
         (cache / "cli.cpython-310.pyc").write_bytes(b"\0" * 16)
     uninstall(root)

@@ -18,7 +18,7 @@ from plugin_helpers import IMAGE_SCRIPT, REPO, plugin_env, read_csv
 
 from nnabla_sgd_influence.arguments import SEED_MAX, InfluenceArguments
 from nnabla_sgd_influence.errors import OUT_OF_MEMORY, InfluenceError, is_out_of_memory
-from nnabla_sgd_influence.limits import check_memory, physical_memory
+from nnabla_sgd_influence.runtime.limits import check_memory, physical_memory
 
 
 def check_seeds(seed: int, n_trials: int) -> None:
@@ -92,7 +92,7 @@ def test_out_of_memory_is_told_from_other_failures():
 _ROOM = """
 import re, resource, sys
 sys.path.insert(0, {repo!r})
-from nnabla_sgd_influence.limits import OPENBLAS_LOAD_BYTES, check_room
+from nnabla_sgd_influence.runtime.limits import OPENBLAS_LOAD_BYTES, check_room
 size = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) << 10
 resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]) * 2**20,) * 2)
 try:

@@ -2,7 +2,7 @@
 
 ``staging.py`` (all-or-nothing commit), ``paths.py`` (never an input, only regular files,
 no links, no read-only files, names that fit), ``oserrors.py`` (a full disk is one line),
-``console.py`` (a failing stderr cannot stop a run) and ``messages.py`` (bounded lines).
+``runtime/streams.py`` (a failing stderr cannot stop a run) and ``messages.py`` (bounded lines).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnabla_sgd_influence import signals
-from nnabla_sgd_influence.console import SafeStream, open_missing_descriptors
 from nnabla_sgd_influence.errors import (
     EXCERPT_CHARS,
     LINE_CHARS,
@@ -30,14 +28,16 @@ from nnabla_sgd_influence.errors import (
     excerpt_path,
     one_line,
 )
-from nnabla_sgd_influence.oserrors import os_error_line, reason, reported, too_long
-from nnabla_sgd_influence.paths import (
+from nnabla_sgd_influence.runtime import signals
+from nnabla_sgd_influence.runtime.oserrors import os_error_line, reason, reported, too_long
+from nnabla_sgd_influence.runtime.output_paths import (
     check_outputs,
     check_temporary_parent,
     image_inputs,
     rebase_image_cells,
 )
-from nnabla_sgd_influence.staging import StagedOutputs, save_array, staged_outputs
+from nnabla_sgd_influence.runtime.staging import StagedOutputs, save_array, staged_outputs
+from nnabla_sgd_influence.runtime.streams import SafeStream, open_missing_descriptors
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -215,7 +215,7 @@ import resource, sys
 sys.path.insert(0, {repo!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.staging import save_array, staged_outputs
+from nnabla_sgd_influence.runtime.staging import save_array, staged_outputs
 import numpy as np
 try:
     if sys.argv[1] == "csv":
@@ -438,8 +438,8 @@ def test_progress_bars_on_a_broken_stream_do_not_stop_a_run():
 _CLOSED = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from nnabla_sgd_influence import console
-console.guard()
+from nnabla_sgd_influence.runtime import streams
+streams.guard()
 handle = os.open({path!r}, os.O_WRONLY | os.O_CREAT)
 os.write(2, b"written to descriptor 2\\n")
 print(handle, file=open({report!r}, "w"))

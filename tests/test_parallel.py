@@ -21,9 +21,10 @@ import pytest
 from model_files import MIDDLE_LAYERS, ArrayDataset, write_tiny_model
 from plugin_helpers import REPO, TABULAR_SCRIPT, error_lines, plugin_env
 
-from nnabla_sgd_influence import InfluenceError, compute_influence, signals
+from nnabla_sgd_influence import InfluenceError, compute_influence
 from nnabla_sgd_influence.arguments import InfluenceArguments
-from nnabla_sgd_influence.parallel import default_workers, physical_cores, units_of_trial
+from nnabla_sgd_influence.execution.workers import default_workers, physical_cores, units_of_trial
+from nnabla_sgd_influence.runtime import signals
 
 
 @pytest.fixture(scope="module")

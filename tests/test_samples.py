@@ -156,7 +156,7 @@ def test_color_digits_csv(samples: Path, split: str) -> None:
 
 
 def test_resnet_sample_is_resnet_class(samples: Path) -> None:
-    from nnabla_sgd_influence.model import load_model
+    from nnabla_sgd_influence.nnp.model import load_model
 
     model = load_model(model_path(samples, "digits_rgb_resnet"))
     assert len(model.layers_of_type("BatchNormalization")) == 9

@@ -20,14 +20,14 @@ from plugin_helpers import read_csv, run_in_process
 from saturated_models import logits, reaching, scaled, sigmoid_head, write_nnp
 
 from nnabla_sgd_influence.arguments import InfluenceArguments
-from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.engine import run_trial
+from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau
-from nnabla_sgd_influence.graphs import GraphCache
-from nnabla_sgd_influence.hvp import AutodiffPass
-from nnabla_sgd_influence.model import load_model
-from nnabla_sgd_influence.parameters import ParameterSet
+from nnabla_sgd_influence.influence.hvp import AutodiffPass
+from nnabla_sgd_influence.influence.trials import run_trial
+from nnabla_sgd_influence.nnp.graphs import GraphCache
+from nnabla_sgd_influence.nnp.model import load_model
+from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 # The logits of the sample tests (the subnormal band of the sigmoid is -88.7 < z < -87.3).
@@ -77,7 +77,7 @@ def _built_gradient_and_curvature(head: str, z: np.ndarray, t: np.ndarray, direc
     import nnabla as nn
     import nnabla.functions as F
 
-    from nnabla_sgd_influence.second_order import saturation
+    from nnabla_sgd_influence.influence.second_order import saturation
 
     x = nn.Variable.from_numpy_array(z.astype(np.float32), need_grad=True)
     target = nn.Variable.from_numpy_array(t.astype(np.float32))
@@ -142,7 +142,7 @@ def test_log_of_a_probability_is_finite_where_nnabla_second_order_is_not():
     import nnabla.functions as F
     from nnabla.utils import nnabla_pb2
 
-    from nnabla_sgd_influence.second_order import saturation
+    from nnabla_sgd_influence.influence.second_order import saturation
 
     z = np.array([[0.0, 50.0], [0.0, -60.0], [3.0, 1.0]])
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -359,7 +359,7 @@ def test_scaled_image_models_pass_equals_nnabla_where_it_works(image_problem):
     """The CNNs (BatchNorm, ReLU, max pooling, Adam; the real NNC model included): at every
     scale the pass is finite; where no row of the batch saturates it equals nnabla's own
     second order, which it replaces only in the head."""
-    import nnabla_sgd_influence.graphs as graphs_module
+    import nnabla_sgd_influence.nnp.graphs as graphs_module
 
     model, train, _ = image_problem
     batch = train.batch(np.arange(16))
@@ -619,7 +619,7 @@ def test_second_order_nan_names_its_step_and_layer(samples_dir, tmp_path):
 
 def test_non_finite_validation_gradient_is_named(samples_dir):
     from nnabla_sgd_influence.errors import InfluenceError
-    from nnabla_sgd_influence.query import validation_gradient
+    from nnabla_sgd_influence.influence.query import validation_gradient
 
     model = load_model(samples_dir / "models" / "cancer_logreg" / "results.nnp")
     val = load_dataset(samples_dir / "cancer" / "val.csv", model.data_variables, role="input-val")

@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnabla_sgd_influence import graphs as graphs_module
-from nnabla_sgd_influence import second_order
 from nnabla_sgd_influence.arguments import InfluenceArguments
-from nnabla_sgd_influence.datasets import load_dataset
-from nnabla_sgd_influence.engine import run_trial
+from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau
-from nnabla_sgd_influence.graphs import GraphCache
-from nnabla_sgd_influence.hvp import AutodiffPass, per_row_reference
-from nnabla_sgd_influence.model import load_model
-from nnabla_sgd_influence.parameters import ParameterSet
-from nnabla_sgd_influence.second_order import equivalents
-from nnabla_sgd_influence.training import batch_order
+from nnabla_sgd_influence.influence import second_order
+from nnabla_sgd_influence.influence.hvp import AutodiffPass, per_row_reference
+from nnabla_sgd_influence.influence.second_order import equivalents
+from nnabla_sgd_influence.influence.training import batch_order
+from nnabla_sgd_influence.influence.trials import run_trial
+from nnabla_sgd_influence.nnp import graphs as graphs_module
+from nnabla_sgd_influence.nnp.graphs import GraphCache
+from nnabla_sgd_influence.nnp.model import load_model
+from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 LOSS_LAYERS = ("CategoricalCrossEntropy", "SoftmaxCrossEntropy")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nnabla_sgd_influence import signals
+from nnabla_sgd_influence.runtime import signals
 
 HARNESS = Path(__file__).resolve().parent / "signal_harness.py"
 HANDLED = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]

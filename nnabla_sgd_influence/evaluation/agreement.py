@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..arguments import InfluenceArguments
-from ..engine import run_trial
-from ..model import NnpModel
+from ..influence.trials import run_trial
+from ..nnp.model import NnpModel
 from .ground_truth import LeaveOneOut
 from .metrics import extreme_jaccard, kendall_tau
 

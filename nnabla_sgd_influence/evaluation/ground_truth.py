@@ -11,10 +11,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..graphs import GraphCache
-from ..model import NnpModel
-from ..parameters import ParameterSet
-from ..training import TrainingRun, retrain
+from ..influence.training import TrainingRun, retrain
+from ..nnp.graphs import GraphCache
+from ..nnp.model import NnpModel
+from ..nnp.parameters import ParameterSet
 
 
 class LeaveOneOut:

@@ -7,10 +7,10 @@ from typing import Dict
 
 import numpy as np
 
-from ..graphs import GraphCache
-from ..model import NnpModel
-from ..parameters import ParameterSet
-from ..training import retrain
+from ..influence.training import retrain
+from ..nnp.graphs import GraphCache
+from ..nnp.model import NnpModel
+from ..nnp.parameters import ParameterSet
 
 
 def with_solver(

@@ -1,0 +1,24 @@
+"""How the second-order pass builds layers that nnabla cannot, or only slowly, differentiate twice.
+
+* :mod:`.equivalents`: layers nnabla cannot differentiate twice, as layers that compute the same
+  values and can be (DepthwiseConvolution as a grouped Convolution; CategoricalCrossEntropy and
+  SoftmaxCrossEntropy at any shape, batch size 1 included). Always used.
+* :mod:`.saturation`: a loss or Log reading a Sigmoid's or Softmax's probabilities, built from
+  the logits with the gradient training's first-order backward has, so that saturated outputs
+  give finite second-order values. Always used.
+* :mod:`.layers`: layers whose second order is slow in nnabla on the CPU, written in closed form
+  with numpy (BatchNormalization on batch statistics, ReLU and MaxPooling keeping their masks,
+  Tanh/Sigmoid and Convolution's bias), used inside :class:`SecondOrderLayers`
+  (``fast_layers``; equal to nnabla's own to float32 rounding, and not used under cudnn).
+"""
+
+from .equivalents import SECOND_ORDER_EQUIVALENTS
+from .fast_layers import SecondOrderLayers, passing_interrupts
+from .saturation import SATURATING_PAIRS
+
+__all__ = [
+    "SATURATING_PAIRS",
+    "SECOND_ORDER_EQUIVALENTS",
+    "SecondOrderLayers",
+    "passing_interrupts",
+]
