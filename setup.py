@@ -37,6 +37,7 @@ setup(
     extras_require={
         "dev": [
             "pytest>=7",
+            "pytest-xdist>=3",  # make test runs the suite on every core (at most 4)
             "ruff==0.17.6",
             "scikit-learn>=1.1",
             "matplotlib>=3.5",

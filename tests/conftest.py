@@ -38,5 +38,11 @@ def nnc_fixture() -> Path:
 
 @pytest.fixture(autouse=True)
 def _quiet_nnabla():
+    """nnabla's logger at WARNING; the root logger's handlers and level as they were after each
+    test (a plugin's ``main`` run in a test installs a handler on the test's stderr)."""
     logging.getLogger("nnabla").setLevel(logging.WARNING)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -121,6 +121,7 @@ def test_public_names():
         nnabla_sgd_influence.no_such_name  # noqa: B018
 
 
+@pytest.mark.system
 def test_readme_example_runs(samples_dir):
     """The README's Python example, as written there."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")

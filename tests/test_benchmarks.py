@@ -248,6 +248,7 @@ def _markdown_rows(text: str, first_cell: str) -> Dict[str, List[str]]:
     return rows
 
 
+@pytest.mark.bench
 def test_bench_speed_smoke_run(samples_dir, tmp_path):
     """Every section runs (on two models and 64 rows); the numbers are make bench's to report."""
     stdout = _run("bench_speed.py", tmp_path, "--smoke")
@@ -267,6 +268,7 @@ def test_bench_speed_smoke_run(samples_dir, tmp_path):
     assert re.search(r"^64\s.*\s0\.05\s+[\d.]+$", report, re.MULTILINE), report
 
 
+@pytest.mark.bench
 def test_cleansing_smoke_run(samples_dir, tmp_path):
     stdout = _run("cleansing.py", tmp_path, "--smoke")
     report = (tmp_path / "cleansing.md").read_text(encoding="utf-8")
@@ -288,6 +290,7 @@ def test_cleansing_smoke_run(samples_dir, tmp_path):
         assert cells[1] == cells[3] == cells[5]
 
 
+@pytest.mark.bench
 def test_cleansed_retraining_smoke_run(samples_dir, tmp_path):
     stdout = _run("cleansed_retraining.py", tmp_path, "--smoke")
     assert (tmp_path / "cleansed_retraining.md").read_text(encoding="utf-8") == stdout
@@ -300,6 +303,7 @@ def test_cleansed_retraining_smoke_run(samples_dir, tmp_path):
     assert (tmp_path / "cleansed" / "cancer_logreg_noisy_influence_cleansed.csv").is_file()
 
 
+@pytest.mark.bench
 def test_bench_parallel_smoke_run(samples_dir, tmp_path):
     """The three ways run and write the same bytes (speed-ups at 64 rows mean nothing)."""
     stdout = _run("bench_parallel.py", tmp_path, "--smoke")

@@ -28,6 +28,8 @@ from plugin_helpers import IMAGE_SCRIPT, TABULAR_SCRIPT, plugin_env, read_csv, r
 
 from nnabla_sgd_influence.errors import EXCERPT_CHARS, LINE_CHARS
 
+pytestmark = pytest.mark.system
+
 SCRIPTS = {"image": IMAGE_SCRIPT, "tabular": TABULAR_SCRIPT}
 # Folders above a case's inputs: none, or enough to make every path over 300 characters.
 DEPTHS = {

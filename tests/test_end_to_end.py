@@ -22,6 +22,8 @@ from plugin_helpers import (
     run_plugins,
 )
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def samples(samples_dir) -> Path:

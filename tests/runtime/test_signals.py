@@ -21,7 +21,7 @@ import pytest
 
 from nnabla_sgd_influence.runtime import signals
 
-HARNESS = Path(__file__).resolve().parent / "signal_harness.py"
+HARNESS = Path(__file__).resolve().parents[1] / "signal_harness.py"
 HANDLED = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
 
@@ -220,6 +220,7 @@ def _sweep(tmp_path: Path, delays, signums, second_after=None):
     return outcomes
 
 
+@pytest.mark.system
 def test_signals_swept_over_a_run(tmp_path):
     """From the first line to the final write: one line, 130 or 129, nothing left."""
     delays = [0.0, 0.02, 0.06, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
@@ -227,6 +228,7 @@ def test_signals_swept_over_a_run(tmp_path):
     assert outcomes.count("interrupted") >= len(delays) // 2, outcomes
 
 
+@pytest.mark.system
 def test_a_second_ctrl_c_during_clean_up(tmp_path):
     outcomes = _sweep(tmp_path, [0.3, 0.45, 0.6], [signal.SIGINT], second_after=0.003)
     assert "interrupted" in outcomes
@@ -240,6 +242,7 @@ def test_dense_signal_sweep(tmp_path, signum):
     assert outcomes.count("interrupted") >= 40, outcomes
 
 
+@pytest.mark.system
 def test_a_signal_before_the_first_line_has_its_default_effect(tmp_path):
     """Before the script's first line nothing of ours runs: the signal's default action (or
     Python's own KeyboardInterrupt) ends the process, and nothing has been created yet."""

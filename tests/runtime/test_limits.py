@@ -104,6 +104,7 @@ else:
 """
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("spare, printed", [(64, "no room left"), (256, "room")])
 def test_a_library_is_loaded_only_with_room_for_it(spare, printed):
     """OpenBLAS retries a failed allocation forever while it loads: check for room first."""
@@ -140,6 +141,7 @@ def _small_image_inputs(samples: Path, folder: Path) -> Dict[str, Path]:
 LIMITS_MIB = (250, 300, 350, 400, 450, 500, 4000)
 
 
+@pytest.mark.system
 def test_a_memory_limit_gives_a_whole_run_or_one_line(samples_dir, tmp_path):
     files = _small_image_inputs(samples_dir, tmp_path / "inputs")
     started = {}

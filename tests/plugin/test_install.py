@@ -489,6 +489,7 @@ def first_rows(source: Path, target: Path, n: int) -> Path:
     return target
 
 
+@pytest.mark.system
 def test_nnc_discovers_and_runs_the_installed_plugins(tmp_path, samples_dir, nnc_python):
     root = nnc_tree(tmp_path / "nnc")
     completed = subprocess.run(

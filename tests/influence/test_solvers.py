@@ -99,9 +99,22 @@ def mlp_problem(samples_dir):
     return model, train.subset(np.arange(200)), val
 
 
+# One solver of each kind of update in the default suite (every solver's step is checked
+# against nnabla's own update above); every solver under make test-slow.
+IN_THE_DEFAULT_SUITE = {"Sgd", "Momentum", "Adam", "RMSprop"}
+
+
 @pytest.mark.parametrize(
-    "kind, weight_decay", [(k, 0.0) for k in sorted(SOLVERS)] + [("Sgd", 1e-2), ("Adam", 1e-2)]
+    "kind, weight_decay",
+    [
+        (kind, 0.0)
+        if kind in IN_THE_DEFAULT_SUITE
+        else pytest.param(kind, 0.0, marks=pytest.mark.slow)
+        for kind in sorted(SOLVERS)
+    ]
+    + [("Sgd", 1e-2), ("Adam", 1e-2)],
 )
+@pytest.mark.system
 def test_retrace_of_each_solver_against_leave_one_out(mlp_problem, tmp_path, kind, weight_decay):
     """An MLP trained 3 epochs with ``kind``, then retrained 1 epoch: tau of modeled vs plain."""
     model, train, val = mlp_problem

@@ -337,7 +337,7 @@ def test_byte_order_mark_is_ignored(tmp_path):
 def test_missing_csv(tmp_path):
     missing = tmp_path / "nope.csv"
     with pytest.raises(
-        InfluenceError, match=bad_input(["input-val: file not found: ", str(missing)])
+        InfluenceError, match=bad_input(["input-val: file not found: ", excerpt_path(missing)])
     ):
         load_dataset(missing, NNC_IMAGE_VARIABLES, role="input-val")
 

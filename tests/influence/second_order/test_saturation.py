@@ -311,6 +311,7 @@ SAMPLES = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("factor", [1, 1.5, 3, 10])
 @pytest.mark.parametrize("sample, csv", SAMPLES)
 def test_scaled_sample_ranks_as_float64_replay(samples_dir, tmp_path, sample, csv, factor):
@@ -446,6 +447,7 @@ LEAVE_ONE_OUT_SLOW = [
 ]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("sample, csv, reach, batch_size, mode, lr_factor, floor", LEAVE_ONE_OUT)
 def test_confident_sigmoid_models_agree_with_leave_one_out(
     samples_dir, tmp_path, sample, csv, reach, batch_size, mode, lr_factor, floor
@@ -473,6 +475,7 @@ def test_confident_sigmoid_models_agree_with_leave_one_out_batch_one(
     "reach, mode, floor",
     [(20, "exact", 0.95), (40, "exact", 0.9)],  # measured 0.991, 0.974
 )
+@pytest.mark.system
 def test_confident_softmax_models_agree_with_leave_one_out(
     samples_dir, tmp_path, reach, mode, floor
 ):
@@ -513,6 +516,7 @@ def _succeeded(result) -> None:
     assert "error" not in result.stderr.lower(), result.stderr[-2000:]
 
 
+@pytest.mark.system
 def test_issue_reproduction_tabular_plugin(samples_dir, tmp_path):
     """The logistic regression sample with its output layer scaled by 1.5 (logits to 35) on
     200 rows: it stopped with "influence is not finite for 129 of 200 rows: retraining
@@ -550,6 +554,7 @@ def test_issue_reproduction_tabular_plugin(samples_dir, tmp_path):
     assert relative(differences, replay) >= 10 * relative(defaults, replay)
 
 
+@pytest.mark.system
 def test_issue_reproduction_image_plugin(samples_dir, tmp_path):
     """The noisy-label CNN with its output layer scaled by 10 (logits to about 140: a flipped
     row's softmax probability is exactly 0) on 24 rows, two of them flipped: with batches of 1

@@ -23,7 +23,7 @@ from nnabla_sgd_influence.nnp.archive import (
     member_kind,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

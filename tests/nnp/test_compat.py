@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from model_files import rewrite_nntxt
 from nnabla.utils import nnabla_pb2
+from plugin_helpers import run_in_process
 
 from nnabla_sgd_influence.errors import InfluenceError
 from nnabla_sgd_influence.influence import solvers
@@ -29,7 +30,6 @@ from nnabla_sgd_influence.nnp.graphs import (
 )
 from nnabla_sgd_influence.nnp.model import Layer, load_model
 from nnabla_sgd_influence.nnp.parameters import ParameterSet
-from nnabla_sgd_influence.plugin import cli
 
 SAMPLE_MODELS = ["digits_cnn", "cancer_mlp", "cancer_logreg", "cancer_mlp_dropout"]
 
@@ -345,11 +345,11 @@ def test_other_import_errors_pass_through(monkeypatch):
         compat.import_nnabla()
 
 
-def test_plugin_explains_a_numpy_that_does_not_fit(monkeypatch, tmp_path, capsys):
+def test_plugin_explains_a_numpy_that_does_not_fit(monkeypatch, tmp_path):
     _import_fails(monkeypatch, NUMPY_TOO_NEW)
-    code = cli.main("tabular", ["-t", str(tmp_path / "t.csv"), "-v", str(tmp_path / "v.csv")])
-    assert code == 1
-    assert 'pip install "numpy~=' in capsys.readouterr().err
+    run = run_in_process("tabular", "-t", tmp_path / "t.csv", "-v", tmp_path / "v.csv")
+    assert run.returncode == 1
+    assert 'pip install "numpy~=' in run.stderr
 
 
 def test_sixteen_bit_png_as_older_pillow_opens_it(tmp_path):

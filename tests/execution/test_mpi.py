@@ -23,6 +23,8 @@ import pytest
 from plugin_helpers import IMAGE_SCRIPT, REPO, TABULAR_SCRIPT, error_lines, plugin_env, read_csv
 from scipy.stats import kendalltau
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def mpirun() -> str:
@@ -276,8 +278,8 @@ def test_a_slow_rank_0_still_prints_the_line(mpirun, samples_dir, tmp_path, jobs
     "signum, rank",
     [
         (signal.SIGINT, 1),
-        (signal.SIGTERM, 1),
-        (signal.SIGINT, 0),
+        pytest.param(signal.SIGTERM, 1, marks=pytest.mark.slow),
+        pytest.param(signal.SIGINT, 0, marks=pytest.mark.slow),
         (signal.SIGTERM, 0),
     ],
 )
@@ -327,7 +329,11 @@ def test_one_ranks_full_disk_ends_every_rank(mpirun, samples_dir, tmp_path, jobs
     assert [p.name for p in full_folder.iterdir()] == ["filler"]
 
 
-@pytest.mark.parametrize("recovery", [True, False], ids=["enable-recovery", "plain"])
+@pytest.mark.parametrize(
+    "recovery",
+    [pytest.param(True, marks=pytest.mark.slow), False],
+    ids=["enable-recovery", "plain"],
+)
 def test_a_rank_killed_by_the_system_ends_every_rank(mpirun, samples_dir, tmp_path, jobs, recovery):
     """kill -9 of rank 1 mid-trial (trials split: rank 0 busy with its own trial; rank 1's
     snapshots are left for rank 0 to remove).

@@ -18,6 +18,8 @@ from nnabla_sgd_influence.evaluation.agreement import agreement_with_leave_one_o
 from nnabla_sgd_influence.evaluation.variants import reinitialized, trained_further, with_solver
 from nnabla_sgd_influence.nnp.model import load_model
 
+pytestmark = pytest.mark.system
+
 N_ROWS = 200
 ADAM = {"alpha": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 
