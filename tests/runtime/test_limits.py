@@ -142,10 +142,17 @@ LIMITS_MIB = (250, 300, 350, 400, 450, 500, 4000)
 
 
 @pytest.mark.system
-def test_a_memory_limit_gives_a_whole_run_or_one_line(samples_dir, tmp_path):
+@pytest.mark.parametrize(
+    "limits",
+    [
+        pytest.param((250, 350, 450, 4000), id="4-limits"),
+        pytest.param(LIMITS_MIB, id="7-limits", marks=pytest.mark.slow),
+    ],
+)
+def test_a_memory_limit_gives_a_whole_run_or_one_line(samples_dir, tmp_path, limits):
     files = _small_image_inputs(samples_dir, tmp_path / "inputs")
     started = {}
-    for mib in LIMITS_MIB:
+    for mib in limits:
         out = tmp_path / f"limit_{mib}"
         out.mkdir()
         args = ["-m", files["model"], "-t", files["train"], "-v", files["val"]]
@@ -201,4 +208,4 @@ def test_a_memory_limit_gives_a_whole_run_or_one_line(samples_dir, tmp_path):
             assert len(read_csv(out / "o_cleansed.csv")) == 37
             assert (out / "o_tile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     codes = {mib: code for mib, (code, _) in outcomes.items()}
-    assert codes[LIMITS_MIB[0]] == 1 and codes[LIMITS_MIB[-1]] == 0, codes
+    assert codes[limits[0]] == 1 and codes[limits[-1]] == 0, codes
