@@ -40,7 +40,7 @@ test-quick: samples
 # leave-one-out agreement on the tabular samples. The samples are built by .venv (nnabla 1.32
 # cannot save solver state).
 OLDEST_PY := .venv-oldest/bin/python
-OLDEST_TESTS := tests/nnp/test_compat.py tests/nnp/test_model.py tests/influence/test_solvers.py \
+OLDEST_TESTS := tests/nnp/test_compat.py tests/nnp/test_model.py tests/nnp/test_solvers.py \
 	tests/data/test_datasets.py tests/plugin/test_install.py \
 	tests/plugin/test_cli.py::test_a_python_without_nnabla_gets_one_line_even_for_help \
 	tests/test_end_to_end.py::test_image_plugin_on_the_noisy_digits \

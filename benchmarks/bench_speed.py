@@ -48,6 +48,7 @@ from nnabla_sgd_influence import (
     load_model,
     run_trial,
 )
+from nnabla_sgd_influence.influence.graphs import GraphCache  # noqa: E402
 from nnabla_sgd_influence.influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
@@ -55,11 +56,10 @@ from nnabla_sgd_influence.influence.hvp import (
     create_pass,
     per_row_reference,
 )
+from nnabla_sgd_influence.influence.parameters import ParameterSet  # noqa: E402
 from nnabla_sgd_influence.influence.query import validation_gradient  # noqa: E402
 from nnabla_sgd_influence.influence.retrace import retrace  # noqa: E402
 from nnabla_sgd_influence.influence.training import retrain  # noqa: E402
-from nnabla_sgd_influence.nnp.graphs import GraphCache  # noqa: E402
-from nnabla_sgd_influence.nnp.parameters import ParameterSet  # noqa: E402
 
 NNC_MODEL = (
     Path(__file__).resolve().parents[2] / "shared/fixtures/nnc/fashion_mnist_cnn_results.nnp"

@@ -38,9 +38,9 @@ from nnabla_sgd_influence import (
     load_model,
     run_trial,
 )
+from nnabla_sgd_influence.influence.graphs import GraphCache, build_loss_graph  # noqa: E402
+from nnabla_sgd_influence.influence.parameters import ParameterSet  # noqa: E402
 from nnabla_sgd_influence.influence.training import retrain  # noqa: E402
-from nnabla_sgd_influence.nnp.graphs import GraphCache, build_loss_graph  # noqa: E402
-from nnabla_sgd_influence.nnp.parameters import ParameterSet  # noqa: E402
 
 DEFAULT_OUTPUT = REPO / "benchmarks" / "output"
 METHODS = ("SGD-Influence", "random", "training loss")

@@ -34,9 +34,9 @@ from nnabla_sgd_influence.arguments import InfluenceArguments  # noqa: E402
 from nnabla_sgd_influence.data.datasets import load_dataset  # noqa: E402
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut  # noqa: E402
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau  # noqa: E402
+from nnabla_sgd_influence.influence import graphs as graphs_module  # noqa: E402
 from nnabla_sgd_influence.influence.second_order import equivalents  # noqa: E402
 from nnabla_sgd_influence.influence.trials import run_trial  # noqa: E402
-from nnabla_sgd_influence.nnp import graphs as graphs_module  # noqa: E402
 from nnabla_sgd_influence.nnp.model import load_model  # noqa: E402
 
 SAMPLES = [

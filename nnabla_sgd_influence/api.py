@@ -23,9 +23,9 @@ from .execution.mpi import run_trials_over_mpi
 from .execution.mpi import world as mpi_world
 from .execution.workers import default_workers, run_trials_in_processes
 from .influence.results import InfluenceResult, images_read
-from .influence.solvers import warn_if_not_modeled
 from .influence.trials import run_trials, warn_about_batches_of_one
 from .nnp.model import NnpModel, load_model
+from .nnp.solvers import warn_if_not_modeled
 from .runtime.output_paths import files_read
 from .runtime.progress import Progress, as_progress
 from .runtime.workspace import workspace

@@ -14,8 +14,6 @@ import os
 import sys
 from typing import List, Tuple
 
-from .runtime import signals
-
 EXCERPT_CHARS = 60  # a quoted piece of user data
 LINE_CHARS = 1000  # a whole error line, file paths included
 _ELLIPSIS = "..."
@@ -29,6 +27,7 @@ class InfluenceError(Exception):
 
 
 DEBUG_VARIABLE = "NNSI_DEBUG"
+INTERRUPTED_EXIT_CODE = 130  # SIGINT and SIGTERM (SIGHUP: 129, see runtime/signals.py)
 # Third-party packages the plugins import: a missing one is the user's setup, not our bug.
 REQUIREMENTS = {"nnabla", "nnabla_ext", "numpy", "scipy", "pandas", "PIL", "tqdm", "h5py", "google"}
 OUT_OF_MEMORY = (
@@ -62,7 +61,7 @@ def closing_line(error: BaseException) -> Tuple[str, int]:
     if isinstance(error, RunStopped):
         return error.line, error.exit_code
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted", getattr(error, "exit_code", signals.INTERRUPTED_EXIT_CODE)
+        return "interrupted", getattr(error, "exit_code", INTERRUPTED_EXIT_CODE)
     if isinstance(error, ModuleNotFoundError) and _package(error) in REQUIREMENTS:
         python = sys.executable or "this Python"
         return (
@@ -71,7 +70,7 @@ def closing_line(error: BaseException) -> Tuple[str, int]:
             1,
         )
     if caused_by_interrupt(error):  # with signals.install() no longer raised in nnabla
-        return "interrupted", signals.INTERRUPTED_EXIT_CODE
+        return "interrupted", INTERRUPTED_EXIT_CODE
     if is_out_of_memory(error):  # a MemoryError, or a library that could not be mapped
         return OUT_OF_MEMORY, 1
     return (

@@ -38,8 +38,8 @@ def scaled(model, factor: float):
 
 def logits(model, dataset) -> np.ndarray:
     """The output layer's values on every row of ``dataset`` (training network, test mode)."""
-    from nnabla_sgd_influence.nnp.graphs import GraphCache
-    from nnabla_sgd_influence.nnp.parameters import ParameterSet
+    from nnabla_sgd_influence.influence.graphs import GraphCache
+    from nnabla_sgd_influence.influence.parameters import ParameterSet
 
     graph = GraphCache(model, ParameterSet(model)).loss(len(dataset), training=False)
     graph.feed(dataset.batch(np.arange(len(dataset))))

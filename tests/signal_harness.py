@@ -27,10 +27,10 @@ def main(output: Path, temp_parent: Path, steps: int) -> int:
         import numpy as np
 
         from nnabla_sgd_influence.data.datasets import load_dataset
+        from nnabla_sgd_influence.influence.graphs import GraphCache
         from nnabla_sgd_influence.influence.hvp import AutodiffPass
-        from nnabla_sgd_influence.nnp.graphs import GraphCache
+        from nnabla_sgd_influence.influence.parameters import ParameterSet
         from nnabla_sgd_influence.nnp.model import load_model
-        from nnabla_sgd_influence.nnp.parameters import ParameterSet
         from nnabla_sgd_influence.runtime.staging import save_array, staged_outputs
         from nnabla_sgd_influence.runtime.workspace import workspace
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from nnabla_sgd_influence.data.datasets import load_dataset
+from nnabla_sgd_influence.influence.graphs import GraphCache
 from nnabla_sgd_influence.influence.hvp import AutodiffPass, per_row_reference
-from nnabla_sgd_influence.nnp.graphs import GraphCache
+from nnabla_sgd_influence.influence.parameters import ParameterSet
 from nnabla_sgd_influence.nnp.model import load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"

@@ -6,12 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nnabla_sgd_influence.errors import (
-    EXCERPT_CHARS,
-    excerpt,
-    excerpt_path,
-    one_line,
-)
+from nnabla_sgd_influence.errors import EXCERPT_CHARS, excerpt, excerpt_path, one_line
 
 # --------------------------------------------------------------------------------------
 # messages

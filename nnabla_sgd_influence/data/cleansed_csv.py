@@ -22,9 +22,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import InfluenceError, excerpt_path
+from ..runtime.output_paths import relative_path
 from ..runtime.signals import checkpoints
 from .csvfile import read_records
-from .ranking_csv import relative_path, staged
+from .ranking_csv import staged
 
 CONFIDENCE = 0.95
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from ..runtime.output_paths import relative_path
 from ..runtime.signals import checkpoints
 from ..runtime.staging import StagedOutputs, staged_outputs
 
@@ -38,16 +38,6 @@ def ranking(scores: np.ndarray) -> np.ndarray:
 def format_float(value: float) -> str:
     """Shortest text that reads back to exactly the same float64."""
     return repr(float(value))
-
-
-def relative_path(target: Path, folder: Path) -> str:
-    """``target`` relative to ``folder``, with forward slashes (absolute if impossible)."""
-    target = Path(os.path.abspath(target))
-    try:
-        text = os.path.relpath(target, os.path.abspath(folder))
-    except ValueError:  # another drive on Windows
-        text = str(target)
-    return text.replace(os.sep, "/")
 
 
 def write_image_csv(

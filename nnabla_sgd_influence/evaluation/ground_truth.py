@@ -11,10 +11,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..influence.graphs import GraphCache
+from ..influence.parameters import ParameterSet
 from ..influence.training import TrainingRun, retrain
-from ..nnp.graphs import GraphCache
 from ..nnp.model import NnpModel
-from ..nnp.parameters import ParameterSet
 
 
 class LeaveOneOut:

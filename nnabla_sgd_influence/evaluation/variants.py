@@ -7,10 +7,10 @@ from typing import Dict
 
 import numpy as np
 
+from ..influence.graphs import GraphCache
+from ..influence.parameters import ParameterSet
 from ..influence.training import retrain
-from ..nnp.graphs import GraphCache
 from ..nnp.model import NnpModel
-from ..nnp.parameters import ParameterSet
 
 
 def with_solver(

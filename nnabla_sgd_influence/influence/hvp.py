@@ -20,7 +20,7 @@ import numpy as np
 
 from ..arguments import HVP_METHODS
 from ..errors import InfluenceError, excerpt, excerpt_path
-from ..nnp.graphs import (
+from .graphs import (
     GraphCache,
     SecondOrderGraph,
     build_network,

@@ -7,9 +7,9 @@ from typing import List, Tuple
 import numpy as np
 
 from ..errors import InfluenceError
-from ..nnp.graphs import GraphCache
 from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoints
+from .graphs import GraphCache
 
 
 def validation_gradient(

@@ -30,11 +30,11 @@ from typing import List
 import numpy as np
 
 from ..errors import InfluenceError
-from ..nnp.parameters import ParameterSet
+from ..nnp.solvers import SolverSpec, StepUpdate, linearize
 from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoints
 from .hvp import where_not_finite
-from .solvers import SolverSpec, StepUpdate, linearize
+from .parameters import ParameterSet
 from .training import TrainingRun, snapshots_in_reverse
 
 

@@ -25,11 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InfluenceError, excerpt
-from ..nnp.graphs import GraphCache
-from ..runtime.progress import SILENT, Progress
-from ..runtime.signals import checkpoints
-from ..runtime.staging import save_array
-from .solvers import (
+from ..nnp.solvers import (
     SolverSpec,
     SolverState,
     create_solver,
@@ -39,6 +35,10 @@ from .solvers import (
     solver_arrays,
     solver_step_count,
 )
+from ..runtime.progress import SILENT, Progress
+from ..runtime.signals import checkpoints
+from ..runtime.staging import save_array
+from .graphs import GraphCache
 
 log = logging.getLogger(__name__)
 

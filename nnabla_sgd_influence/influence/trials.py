@@ -17,13 +17,13 @@ import numpy as np
 
 from ..arguments import InfluenceArguments
 from ..errors import InfluenceError
-from ..nnp.graphs import GraphCache
 from ..nnp.model import NnpModel
-from ..nnp.parameters import ParameterSet
 from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoint
 from ..runtime.workspace import remove_folder, workspace
+from .graphs import GraphCache
 from .hvp import create_pass
+from .parameters import ParameterSet
 from .query import validation_gradient
 from .results import InfluenceResult
 from .retrace import retrace

@@ -18,9 +18,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import InfluenceError, excerpt_path
-from ..influence.solvers import SolverSpec, read_solver_spec
 from .archive import PARAMETERS, NnpArchive, check_variable_shapes, member_kind, parameters_of
 from .compat import skip_missing_extension_lookup
+from .solvers import SolverSpec, read_solver_spec
 
 log = logging.getLogger(__name__)
 skip_missing_extension_lookup()

@@ -29,9 +29,9 @@ from ..data.tile import tile_path
 from ..errors import InfluenceError, excerpt_path
 from ..execution.device import resolve_context
 from ..execution.mpi import world as mpi_world
+from ..influence.graphs import RANDOM_LAYERS
 from ..influence.results import InfluenceResult, check_row_count
 from ..nnp.compat import warn_if_untested_nnabla
-from ..nnp.graphs import RANDOM_LAYERS
 from ..nnp.model import NnpModel, load_model
 from ..runtime import signals
 from ..runtime.limits import OPENBLAS_LOAD_BYTES, check_room

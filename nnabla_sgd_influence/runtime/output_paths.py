@@ -31,7 +31,6 @@ import stat
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from ..data.ranking_csv import relative_path
 from ..errors import InfluenceError, excerpt_path
 from ..execution.device import NNTXT_NAME
 from .oserrors import too_long
@@ -50,6 +49,16 @@ _KINDS = {
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
 }
+
+
+def relative_path(target: Path, folder: Path) -> str:
+    """``target`` relative to ``folder``, with forward slashes (absolute if impossible)."""
+    target = Path(os.path.abspath(target))
+    try:
+        text = os.path.relpath(target, os.path.abspath(folder))
+    except ValueError:  # another drive on Windows
+        text = str(target)
+    return text.replace(os.sep, "/")
 
 
 def _show(path) -> str:

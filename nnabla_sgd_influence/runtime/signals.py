@@ -39,6 +39,8 @@ import os
 import signal
 from contextlib import contextmanager, suppress
 
+from ..errors import INTERRUPTED_EXIT_CODE
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which is slow at start-up
 if TYPE_CHECKING:
     from typing import Callable, Dict, Iterable, Iterator, Optional, TypeVar
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 #: Signals handled, by name (those that exist on this platform are used).
 SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
 _EXIT_CODES = {"SIGHUP": 129}
-INTERRUPTED_EXIT_CODE = 130
 #: Not a signal: what :func:`request_stop` records (another thread asks the run to stop).
 STOP_REQUEST = 0
 

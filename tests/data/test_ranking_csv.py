@@ -3,6 +3,7 @@ whole or not at all."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,12 +14,12 @@ from plugin_helpers import (
 
 from nnabla_sgd_influence.data.ranking_csv import (
     format_float,
-    relative_path,
     write_image_csv,
     write_step_log,
     write_tabular_csv,
 )
 from nnabla_sgd_influence.influence.results import ranking
+from nnabla_sgd_influence.runtime.output_paths import relative_path
 
 # --------------------------------------------------------------------------------------
 # Output CSV
@@ -116,12 +117,10 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
 
 
 def test_interrupt_during_write_leaves_no_file(tmp_path, monkeypatch):
-    import nnabla_sgd_influence.data.ranking_csv as output
-
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(output.os, "replace", interrupted)
+    monkeypatch.setattr(os, "replace", interrupted)  # the commit's rename
     with pytest.raises(KeyboardInterrupt):
         write_tabular_csv(tmp_path / "t.csv", ["a"], [["1"]], np.zeros(1))
     assert list(tmp_path.iterdir()) == []

@@ -18,18 +18,18 @@ from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.errors import InfluenceError
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau
+from nnabla_sgd_influence.influence.graphs import GraphCache
 from nnabla_sgd_influence.influence.hvp import (
     AutodiffPass,
     FiniteDifferencePass,
     create_pass,
     per_row_reference,
 )
+from nnabla_sgd_influence.influence.parameters import ParameterSet
 from nnabla_sgd_influence.influence.retrace import retrace
 from nnabla_sgd_influence.influence.training import retrain
 from nnabla_sgd_influence.influence.trials import run_trial
-from nnabla_sgd_influence.nnp.graphs import GraphCache
 from nnabla_sgd_influence.nnp.model import load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 
 def flat(arrays):

@@ -20,16 +20,15 @@ from nnabla.utils import nnabla_pb2
 from plugin_helpers import run_in_process
 
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.influence import solvers
-from nnabla_sgd_influence.influence.hvp import create_pass
-from nnabla_sgd_influence.nnp import compat
-from nnabla_sgd_influence.nnp.graphs import (
+from nnabla_sgd_influence.influence.graphs import (
     GraphCache,
     build_loss_graph,
     layers_without_second_order,
 )
+from nnabla_sgd_influence.influence.hvp import create_pass
+from nnabla_sgd_influence.influence.parameters import ParameterSet
+from nnabla_sgd_influence.nnp import compat, solvers
 from nnabla_sgd_influence.nnp.model import Layer, load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 SAMPLE_MODELS = ["digits_cnn", "cancer_mlp", "cancer_logreg", "cancer_mlp_dropout"]
 

@@ -12,10 +12,10 @@ import pytest
 from model_files import rewrite_nntxt
 
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.influence.solvers import create_solver, learning_rate_schedule
-from nnabla_sgd_influence.nnp.graphs import build_loss_graph, layers_without_second_order
+from nnabla_sgd_influence.influence.graphs import build_loss_graph, layers_without_second_order
+from nnabla_sgd_influence.influence.parameters import ParameterSet
 from nnabla_sgd_influence.nnp.model import load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
+from nnabla_sgd_influence.nnp.solvers import create_solver, learning_rate_schedule
 
 
 def _stored_parameters(nnp: Path) -> dict:

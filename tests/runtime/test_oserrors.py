@@ -7,10 +7,7 @@ import os
 
 import pytest
 
-from nnabla_sgd_influence.errors import (
-    InfluenceError,
-    excerpt_path,
-)
+from nnabla_sgd_influence.errors import InfluenceError, excerpt_path
 from nnabla_sgd_influence.runtime.oserrors import os_error_line, reason, reported, too_long
 
 # --------------------------------------------------------------------------------------

@@ -9,10 +9,7 @@ import stat
 
 import pytest
 
-from nnabla_sgd_influence.errors import (
-    LINE_CHARS,
-    InfluenceError,
-)
+from nnabla_sgd_influence.errors import LINE_CHARS, InfluenceError
 from nnabla_sgd_influence.runtime.output_paths import (
     check_outputs,
     check_temporary_parent,

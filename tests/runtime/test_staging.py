@@ -12,10 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnabla_sgd_influence.errors import (
-    InfluenceError,
-    excerpt_path,
-)
+from nnabla_sgd_influence.errors import InfluenceError, excerpt_path
 from nnabla_sgd_influence.runtime import signals
 from nnabla_sgd_influence.runtime.staging import StagedOutputs, save_array, staged_outputs
 

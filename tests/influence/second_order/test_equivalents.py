@@ -20,15 +20,15 @@ from nnabla_sgd_influence.arguments import InfluenceArguments
 from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau
+from nnabla_sgd_influence.influence import graphs as graphs_module
 from nnabla_sgd_influence.influence import second_order
+from nnabla_sgd_influence.influence.graphs import GraphCache
 from nnabla_sgd_influence.influence.hvp import AutodiffPass, per_row_reference
+from nnabla_sgd_influence.influence.parameters import ParameterSet
 from nnabla_sgd_influence.influence.second_order import equivalents
 from nnabla_sgd_influence.influence.training import batch_order
 from nnabla_sgd_influence.influence.trials import run_trial
-from nnabla_sgd_influence.nnp import graphs as graphs_module
-from nnabla_sgd_influence.nnp.graphs import GraphCache
 from nnabla_sgd_influence.nnp.model import load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 LOSS_LAYERS = ("CategoricalCrossEntropy", "SoftmaxCrossEntropy")
 

@@ -17,12 +17,12 @@ import pytest
 
 from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.influence import second_order
+from nnabla_sgd_influence.influence.graphs import GraphCache
 from nnabla_sgd_influence.influence.hvp import AutodiffPass, per_row_reference
+from nnabla_sgd_influence.influence.parameters import ParameterSet
 from nnabla_sgd_influence.influence.second_order import SecondOrderLayers, masks
 from nnabla_sgd_influence.influence.second_order._arrays import FORWARD_NAMES
-from nnabla_sgd_influence.nnp.graphs import GraphCache
 from nnabla_sgd_influence.nnp.model import load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 
 def flat(arrays):

@@ -23,11 +23,11 @@ from nnabla_sgd_influence.arguments import InfluenceArguments
 from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.evaluation.ground_truth import LeaveOneOut
 from nnabla_sgd_influence.evaluation.metrics import kendall_tau
+from nnabla_sgd_influence.influence.graphs import GraphCache
 from nnabla_sgd_influence.influence.hvp import AutodiffPass
+from nnabla_sgd_influence.influence.parameters import ParameterSet
 from nnabla_sgd_influence.influence.trials import run_trial
-from nnabla_sgd_influence.nnp.graphs import GraphCache
 from nnabla_sgd_influence.nnp.model import load_model
-from nnabla_sgd_influence.nnp.parameters import ParameterSet
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 # The logits of the sample tests (the subnormal band of the sigmoid is -88.7 < z < -87.3).
@@ -360,7 +360,7 @@ def test_scaled_image_models_pass_equals_nnabla_where_it_works(image_problem):
     """The CNNs (BatchNorm, ReLU, max pooling, Adam; the real NNC model included): at every
     scale the pass is finite; where no row of the batch saturates it equals nnabla's own
     second order, which it replaces only in the head."""
-    import nnabla_sgd_influence.nnp.graphs as graphs_module
+    import nnabla_sgd_influence.influence.graphs as graphs_module
 
     model, train, _ = image_problem
     batch = train.batch(np.arange(16))

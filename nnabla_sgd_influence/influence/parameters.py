@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 if TYPE_CHECKING:
-    from .model import NnpModel
+    from ..nnp.model import NnpModel
 
 
 class ParameterSet:

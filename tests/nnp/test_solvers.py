@@ -8,13 +8,13 @@ import pytest
 from nnabla_sgd_influence.data.datasets import load_dataset
 from nnabla_sgd_influence.evaluation.agreement import agreement_with_leave_one_out
 from nnabla_sgd_influence.evaluation.variants import trained_further, with_solver
-from nnabla_sgd_influence.influence.solvers import (
+from nnabla_sgd_influence.nnp.model import load_model
+from nnabla_sgd_influence.nnp.solvers import (
     SolverSpec,
     create_solver,
     linearize,
     retrace_state_names,
 )
-from nnabla_sgd_influence.nnp.model import load_model
 
 ADAM = {"alpha": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 SOLVERS = {

@@ -46,7 +46,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InfluenceError
-from ..nnp.compat import solver_parameters, solver_unavailable_message
+from .compat import solver_parameters, solver_unavailable_message
 
 log = logging.getLogger(__name__)
 

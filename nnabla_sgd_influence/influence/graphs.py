@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ..errors import InfluenceError, excerpt_path
-from ..influence.second_order import SATURATING_PAIRS, SECOND_ORDER_EQUIVALENTS, SecondOrderLayers
-from .compat import backward_function_registry, create_function_instance
+from ..nnp.compat import backward_function_registry, create_function_instance
+from .second_order import SATURATING_PAIRS, SECOND_ORDER_EQUIVALENTS, SecondOrderLayers
 
 if TYPE_CHECKING:
-    from .model import Layer, NnpModel
+    from ..nnp.model import Layer, NnpModel
     from .parameters import ParameterSet
 
 RANDOM_LAYERS = ("Dropout", "ImageAugmentation")
