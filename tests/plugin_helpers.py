@@ -1,4 +1,5 @@
-"""Shared by the plugin tests: paths, and running a plugin script as a user would."""
+"""Shared by the tests: paths, running a plugin script as a user would, its inputs and
+outputs, and a disk that fills up."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SCRIPT = REPO / "plugins" / "sgd_influence.py"
@@ -112,3 +116,51 @@ def read_csv(path: Path) -> List[Dict[str, str]]:
 def read_header(path: Path) -> List[str]:
     with open(path, newline="", encoding="utf-8") as handle:
         return next(csv.reader(handle))
+
+
+def scores_by_row(path: Path) -> np.ndarray:
+    """An output CSV's ``influence`` column in input-train's row order (``datasource_index``);
+    a row the file does not list stays NaN."""
+    rows = read_csv(path)
+    scores = np.full(len(rows), np.nan)
+    for row in rows:
+        scores[int(row["datasource_index"])] = float(row["influence"])
+    return scores
+
+
+def copy_digits(samples: Path, folder: Path, rows: Dict[str, int]) -> Dict[str, Path]:
+    """The first rows of the sample digits' CSVs (``rows``: ``{"train": 40, "val": 20}``) with
+    their images, copied into ``folder``: ``{name: CSV path}``. Images go to ``folder/images``
+    as ``<name>_<file>``, so that the copies are the only files a run on them reads."""
+    (folder / "images").mkdir(parents=True)
+    files = {}
+    for name, count in rows.items():
+        lines = (samples / "digits" / f"{name}.csv").read_text().splitlines()
+        kept = [lines[0]]
+        for line in lines[1 : count + 1]:
+            image, label = line.split(",")
+            copy = folder / "images" / f"{name}_{Path(image).name}"
+            copy.write_bytes((samples / "digits" / image).read_bytes())
+            kept.append(f"images/{copy.name},{label}")
+        files[name] = folder / f"{name}.csv"
+        files[name].write_text("\n".join(kept) + "\n")
+    return files
+
+
+@contextlib.contextmanager
+def full_tmpfs(mount: Path, size_kib: int, filled_kib: int) -> Iterator[Path]:
+    """A tmpfs of ``size_kib`` KiB mounted on ``mount`` (made here), ``filled_kib`` of it taken
+    by the file ``filler``: a disk that is full after a few more KiB. Mounting needs root; the
+    test is skipped where it fails. Unmounted on leaving."""
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (mount / "filler").write_bytes(b"\0" * (filled_kib * 1024))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plugin_helpers import read_csv, run_in_process
+from plugin_helpers import copy_digits, run_in_process, scores_by_row
 
 import nnabla_sgd_influence
 from nnabla_sgd_influence import (
@@ -37,9 +37,7 @@ def test_scores_are_the_values_the_plugin_writes(cancer, tmp_path):
         "tabular", "-m", model, "-t", train, "-v", val, "-o", out, "-bs", 32, "-s", 3, "-nt", 2
     )
     assert completed.returncode == 0, completed.stderr
-    written = np.empty(len(result.scores))
-    for row in read_csv(out):
-        written[int(row["datasource_index"])] = float(row["influence"])
+    written = scores_by_row(out)
     np.testing.assert_array_equal(result.scores, written)
     assert result.per_trial.shape == (2, len(written)) and result.seeds == [3, 4]
     np.testing.assert_array_equal(result.scores, (result.per_trial[0] + result.per_trial[1]) / 2)
@@ -146,19 +144,9 @@ def digits(samples_dir, tmp_path_factory):
     """A copy of 30 training and 10 validation digits, their images and the model, and the
     result computed from their paths."""
     root = tmp_path_factory.mktemp("digits")
-    (root / "images").mkdir()
     files = {"model": root / "results.nnp"}
     files["model"].write_bytes((samples_dir / "models" / "digits_cnn" / "results.nnp").read_bytes())
-    for name, rows in (("train", 30), ("val", 10)):
-        lines = (samples_dir / "digits" / f"{name}.csv").read_text().splitlines()
-        kept = [lines[0]]
-        for line in lines[1 : rows + 1]:
-            image, label = line.split(",")
-            copy = root / "images" / f"{name}_{Path(image).name}"
-            copy.write_bytes((samples_dir / "digits" / image).read_bytes())
-            kept.append(f"images/{copy.name},{label}")
-        files[name] = root / f"{name}.csv"
-        files[name].write_text("\n".join(kept) + "\n")
+    files.update(copy_digits(samples_dir, root, {"train": 30, "val": 10}))
     files["train image"] = sorted((root / "images").glob("train_*"))[3]
     files["val image"] = sorted((root / "images").glob("val_*"))[0]
     result = compute_influence(

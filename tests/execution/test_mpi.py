@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import plugin_helpers
 import pytest
-from plugin_helpers import IMAGE_SCRIPT, REPO, TABULAR_SCRIPT, error_lines, plugin_env, read_csv
+from plugin_helpers import IMAGE_SCRIPT, REPO, TABULAR_SCRIPT, error_lines, plugin_env
 from scipy.stats import kendalltau
 
 pytestmark = pytest.mark.system
@@ -63,14 +64,6 @@ def run(command, cwd=REPO, timeout=300) -> subprocess.CompletedProcess:
     )
 
 
-def scores_by_row(path: Path) -> np.ndarray:
-    rows = read_csv(path)
-    scores = np.empty(len(rows))
-    for row in rows:
-        scores[int(row["datasource_index"])] = float(row["influence"])
-    return scores
-
-
 def tabular(samples: Path, output: Path, *extra, model: str = "cancer_mlp"):
     cancer = samples / "cancer"
     return [
@@ -104,7 +97,8 @@ def test_ranks_split_each_batch_to_float32_rounding(mpirun, samples_dir, tmp_pat
     )
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
-    single, split = scores_by_row(tmp_path / "one.csv"), scores_by_row(tmp_path / "two.csv")
+    single = plugin_helpers.scores_by_row(tmp_path / "one.csv")
+    split = plugin_helpers.scores_by_row(tmp_path / "two.csv")
     assert not np.array_equal(single, split)  # the sums did run in another order
     np.testing.assert_allclose(split, single, rtol=0, atol=1e-6 * np.abs(single).max())
     assert kendalltau(single, split)[0] > 0.999
@@ -297,18 +291,8 @@ def test_a_signal_to_one_rank_ends_every_rank(mpirun, samples_dir, tmp_path, job
 @pytest.fixture
 def full_folder(tmp_path):
     """A 200 kB tmpfs with a few kB left (mounting it needs root)."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
-        (mount / "filler").write_bytes(b"\0" * (190 * 1024))
+    with plugin_helpers.full_tmpfs(tmp_path / "full", size_kib=200, filled_kib=190) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_one_ranks_full_disk_ends_every_rank(mpirun, samples_dir, tmp_path, jobs, full_folder):

@@ -192,6 +192,20 @@ def _set(key: str, value: object):
     return change
 
 
+def _leaving_the_plugin_folders(
+    kind: str, add, inside: str, ups: int, up_name: str, name: str
+) -> dict:
+    """Three record entries of ``kind`` that lead out of the plugin folders to an entry of the
+    test's ``outside`` folder, each with the words its error line quotes: up from the top with
+    ``..`` (to ``up_name``), up from ``inside`` (``ups`` times ``..`` reach the test's folder; to
+    ``name``) and an absolute path (to ``name``)."""
+    return {
+        f"{kind} ..": (add(UP_FROM_XAI + "outside/" + up_name), UP_FROM_XAI),
+        f"{kind} .. inside": (add(inside + "../" * ups + "outside/" + name), inside + "../"),
+        f"{kind} absolute": (add("{outside}/" + name), "{outside}/" + name),
+    }
+
+
 TAMPERED = {
     "a list": (lambda record, outside: [], "a list"),
     "a string": (lambda record, outside: "files", "a string"),
@@ -209,12 +223,9 @@ TAMPERED = {
         },
         "_Table/sgd_influence_retrace_tabular.py",
     ),
-    "file ..": (_add_file(UP_FROM_XAI + "outside/canary.txt"), UP_FROM_XAI),
-    "file .. inside": (
-        _add_file("_Image/nnabla_sgd_influence/../" + "../" * 6 + "outside/canary.txt"),
-        "_Image/nnabla_sgd_influence/../",
+    **_leaving_the_plugin_folders(
+        "file", _add_file, "_Image/nnabla_sgd_influence/", 7, "canary.txt", "canary.txt"
     ),
-    "file absolute": (_add_file("{outside}/canary.txt"), "{outside}/canary.txt"),
     "file Windows drive": (_add_file("C:/outside/canary.txt"), "C:/outside/canary.txt"),
     "file backslashes": (
         _add_file("_Image\\..\\" + "..\\" * 5 + "outside\\canary.txt"),
@@ -228,12 +239,9 @@ TAMPERED = {
         _add_file("_Image/nnabla_sgd_influence/notes.txt"),
         "_Image/nnabla_sgd_influence/notes.txt",
     ),
-    "folder ..": (_add_folder(UP_FROM_XAI + "outside/empty"), UP_FROM_XAI),
-    "folder .. inside": (
-        _add_folder("_Post_Process/_XAI/_Image/" + "../" * 6 + "outside/cache"),
-        "_Post_Process/_XAI/_Image/../",
+    **_leaving_the_plugin_folders(
+        "folder", _add_folder, "_Post_Process/_XAI/_Image/", 6, "empty", "cache"
     ),
-    "folder absolute": (_add_folder("{outside}/cache"), "{outside}/cache"),
     "folder outside the plugin folders": (_add_folder("_Pre_Process"), "_Pre_Process"),
     "folder not a string": (_add_folder(5), "5"),
     "nested 100,000 deep": (lambda record, outside: None, "not JSON"),

@@ -14,7 +14,7 @@ from typing import Dict
 
 import numpy as np
 import pytest
-from plugin_helpers import IMAGE_SCRIPT, REPO, plugin_env, read_csv
+from plugin_helpers import IMAGE_SCRIPT, REPO, copy_digits, plugin_env, read_csv
 
 from nnabla_sgd_influence.arguments import SEED_MAX, InfluenceArguments
 from nnabla_sgd_influence.errors import OUT_OF_MEMORY, InfluenceError, is_out_of_memory
@@ -119,19 +119,9 @@ def test_a_library_is_loaded_only_with_room_for_it(spare, printed):
 
 
 def _small_image_inputs(samples: Path, folder: Path) -> Dict[str, Path]:
-    """40 training and 20 validation digits with their images, and the model, in ``folder``."""
-    (folder / "images").mkdir(parents=True)
+    """40 training and 20 validation digits with their images in ``folder``, and the model."""
     files = {"model": samples / "models" / "digits_cnn" / "results.nnp"}
-    for name, rows in (("train", 40), ("val", 20)):
-        lines = (samples / "digits" / f"{name}.csv").read_text().splitlines()
-        kept = [lines[0]]
-        for line in lines[1 : rows + 1]:
-            image, label = line.split(",")
-            copy = folder / "images" / f"{name}_{Path(image).name}"
-            copy.write_bytes((samples / "digits" / image).read_bytes())
-            kept.append(f"images/{copy.name},{label}")
-        files[name] = folder / f"{name}.csv"
-        files[name].write_text("\n".join(kept) + "\n")
+    files.update(copy_digits(samples, folder, {"train": 40, "val": 20}))
     return files
 
 

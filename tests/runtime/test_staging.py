@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from plugin_helpers import full_tmpfs
 
 from nnabla_sgd_influence.errors import InfluenceError, excerpt_path
 from nnabla_sgd_influence.runtime import signals
@@ -146,19 +147,8 @@ def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, what):
 @pytest.fixture
 def full_disk(tmp_path):
     """A 256 kB tmpfs filled to the last few kB (needs root; skipped otherwise)."""
-    mount_point = tmp_path / "full"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-        capture_output=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        (mount_point / "filler").write_bytes(b"\0" * (240 * 1024))
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
+    with full_tmpfs(tmp_path / "full", size_kib=256, filled_kib=240) as mount:
+        yield mount
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(full_disk):

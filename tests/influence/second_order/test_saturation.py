@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from float64_reference import Float64Chain, arrays, batch_rows
-from plugin_helpers import read_csv, run_in_process
+from plugin_helpers import read_csv, run_in_process, scores_by_row
 from saturated_models import logits, reaching, scaled, sigmoid_head, write_nnp
 
 from nnabla_sgd_influence.arguments import InfluenceArguments
@@ -502,15 +502,6 @@ def _first_rows(source: Path, target: Path, rows: int) -> Path:
     return target
 
 
-def _scores(output: Path) -> np.ndarray:
-    """The output CSV's influence column, in input-train's row order."""
-    rows = read_csv(output)
-    scores = np.zeros(len(rows))
-    for row in rows:
-        scores[int(row["datasource_index"])] = float(row["influence"])
-    return scores
-
-
 def _succeeded(result) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "error" not in result.stderr.lower(), result.stderr[-2000:]
@@ -539,7 +530,7 @@ def test_issue_reproduction_tabular_plugin(samples_dir, tmp_path):
         output = tmp_path / f"{name.replace(' ', '_')}.csv"
         result = run_in_process("tabular", "-m", nnp, "-t", train, "-v", val, "-o", output, *extra)
         _succeeded(result)
-        scores[name] = _scores(output)
+        scores[name] = scores_by_row(output)
         assert len(scores[name]) == 200 and np.isfinite(scores[name]).all()
     loaded = load_model(nnp)
     train_data = load_dataset(train, loaded.data_variables)
@@ -570,7 +561,7 @@ def test_issue_reproduction_image_plugin(samples_dir, tmp_path):
             "image", "-m", nnp, "-t", train, "-v", val, "-o", output, "-nt", "1", *extra
         )
         _succeeded(result)
-        assert np.isfinite(_scores(output)).all() and len(read_csv(output)) == 24
+        assert np.isfinite(scores_by_row(output)).all() and len(read_csv(output)) == 24
 
 
 # --------------------------------------------------------------------------------------
