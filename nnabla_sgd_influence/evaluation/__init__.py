@@ -1,7 +1,9 @@
-"""Measuring the engine, apart from it: ground truth, metrics and model variants.
+"""How good the estimates are, beside the stages (nnp -> data -> influence -> execution ->
+plugin) and never on the plugins' path: leave-one-out ground truth, metrics, model variants.
 
-Nothing here is on the plugins' path. :mod:`.ground_truth` retrains with a row left out (the
-same retraining code as the engine, with per-row weights), :mod:`.metrics` compares rankings,
-:mod:`.agreement` puts both together (Hara et al. 2019, Table 1) and :mod:`.variants` makes the
-models the experiments start from.
+* :mod:`.ground_truth`: retraining with one row's weight at 0 (the same retraining code as the
+  trials, with per-row weights);
+* :mod:`.metrics`: Kendall's tau and the Jaccard index of two rankings;
+* :mod:`.agreement`: one trial's scores against leave-one-out (Hara et al. 2019, Table 1);
+* :mod:`.variants`: the models the experiments start from (another solver, fresh weights).
 """
