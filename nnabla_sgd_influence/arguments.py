@@ -2,7 +2,7 @@
 
 :class:`InfluenceArguments` holds what changes the scores (batch size, seed, trials, epochs,
 mode, Hessian-vector method); where files are read and written lives elsewhere (the plugins'
-run settings in :mod:`.pipeline`). Every stage reads its settings from here, so a value is
+run settings in :mod:`.plugin.run`). Every stage reads its settings from here, so a value is
 checked in one place, when the object is made, before any work starts.
 """
 

@@ -1,5 +1,5 @@
 """A float64 replay of SGD-Influence for chains of Affine and Tanh layers, written with numpy
-alone: the reference the saturated-output tests compare the engine with.
+alone: the reference the saturated-output tests compare the package's pass and trials with.
 
 It reads the model's layer list and parameter values, and nothing else of the package: it
 retrains with plain SGD (the samples' solver) in float64, takes per-row gradients by hand-written

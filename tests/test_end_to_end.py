@@ -1,7 +1,7 @@
 """Both plugins run as a user (or NNC) runs them: each script once as its own process, then
 in this process on a model written by NNC itself, from a result folder and on a Japanese
-Windows dataset. Determinism is tested in process (test_engine.py), interruptions in
-test_catalogue.py and test_signals.py."""
+Windows dataset. Determinism is tested in process (influence/test_trials.py), interruptions
+in test_catalogue.py and runtime/test_signals.py."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def check_remove_top(remove_top: int, n_rows: int) -> None:
 
 def write_cleansed_csv(dataset, removed: Sequence[int], path: Path, outputs=None) -> int:
     """Write ``dataset``'s CSV without the rows ``removed`` to ``path`` (staged in ``outputs``,
-    a :class:`.staging.StagedOutputs`, when given); return how many rows it keeps."""
+    a :class:`..runtime.staging.StagedOutputs`, when given); return how many rows it keeps."""
     path = Path(path)
     form = dataset.csv_format
     header, records = read_records(dataset.path, form)

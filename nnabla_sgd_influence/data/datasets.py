@@ -1,4 +1,4 @@
-"""Stage 2: read a Neural Network Console dataset CSV into batches for the model's data variables.
+"""Read a Neural Network Console dataset CSV into batches for the model's data variables.
 
 Every row is checked at load time, before any training starts: numbers must parse, class labels
 must be integers in range, and every image is decoded once into a compact ``uint8`` cache of the

@@ -1,9 +1,9 @@
-"""Stage 6: write the ranked rows as a CSV that NNC can open, whole or not at all.
+"""Write the ranked rows as a CSV that NNC can open, and the step log, whole or not at all.
 
-Every file goes through :mod:`.staging`: written beside its destination and renamed into place
-with the run's other outputs once all are complete. Ranked CSVs are written in the training
-CSV's encoding (UTF-8, UTF-8 with a byte-order mark, or cp932), so that whatever read the
-input reads the output.
+Every file goes through :mod:`..runtime.staging`: written beside its destination and renamed
+into place with the run's other outputs once all are complete. Ranked CSVs are written in the
+training CSV's encoding (UTF-8, UTF-8 with a byte-order mark, or cp932), so that whatever read
+the input reads the output.
 """
 
 from __future__ import annotations

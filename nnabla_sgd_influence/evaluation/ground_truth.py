@@ -2,7 +2,8 @@
 
 This is the counterfactual SGD of Hara et al. (2019): the same start, solver and batch order,
 with the row's weight in its batch set to 0 (the batch mean keeps its denominator |S|). It runs
-:func:`..training.retrain` itself, with per-row weights, so it cannot drift from the engine.
+:func:`..influence.training.retrain` itself, with per-row weights, so it cannot drift from
+the trials.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Build the ``.nnp``'s networks as nnabla graphs on one :class:`~.parameters.ParameterSet`.
 
-Three kinds of graph, each built once per batch size by :class:`GraphCache`:
+Two kinds of graph, each built once per batch size (and mode) by :class:`GraphCache`:
 
 * :class:`LossGraph` in training mode (BatchNormalization on batch statistics, Dropout active)
   for retraining and finite differences, or in evaluation mode (running statistics, Dropout as
@@ -10,7 +10,9 @@ Three kinds of graph, each built once per batch size by :class:`GraphCache`:
   ``s = <v, G>`` gives ``sum_i H_i v`` and every ``<v, g_i>`` (see :mod:`.hvp`); layers nnabla
   cannot differentiate twice are built there as the equivalents of :mod:`.second_order`, and
   a loss or Log that reads a Sigmoid's or Softmax's probabilities is built from that layer's
-  logits (:mod:`.second_order.saturation`), so that saturated outputs stay finite.
+  logits (:mod:`.second_order.saturation`), so that saturated outputs stay finite; on the CPU,
+  BatchNormalization, ReLU, MaxPooling, Tanh, Sigmoid and Convolution's bias gradient are
+  built faster (:mod:`.second_order.fast_layers`) unless ``fast_layers=False``.
 
 A row's loss ``l_i`` is the mean of each loss variable over its non-batch elements (NNC
 averages a loss variable over all of its elements), summed over the loss variables.

@@ -1,4 +1,4 @@
-"""Stage 4: the query vector u, the gradient of the mean validation loss at the final parameters."""
+"""The query vector u, the gradient of the mean validation loss at the final parameters."""
 
 from __future__ import annotations
 

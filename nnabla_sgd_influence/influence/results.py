@@ -3,7 +3,8 @@ and the steps after the ranking (a cleansed CSV, a tile of the worst images) as 
 
 The result also keeps, as plain data, which files the computation read (the model, both CSVs,
 their images, the ``net.nntxt`` read for the context), so that its writers refuse exactly
-what the plugins refuse (:mod:`.paths`): an input, a symbolic link, a folder, a read-only file.
+what the plugins refuse (:mod:`..runtime.output_paths`): an input, a symbolic link, a folder,
+a read-only file.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class InfluenceResult:
 
     def counts(self, k: int = 10):
         """How many rows hurt, help or do nothing; how many of the ``k`` most harmful are
-        distinguishable from zero over the trials (:class:`.cleansing.Counts`)."""
+        distinguishable from zero over the trials (:class:`..data.cleansed_csv.Counts`)."""
         from ..data.cleansed_csv import count_rows
 
         return count_rows(self.scores, self.per_trial, self.ranking(), k)
@@ -95,8 +96,8 @@ class InfluenceResult:
         """``(description, path)`` of every file the computation is known to have read.
 
         A result computed from paths knows them all. One computed from loaded objects knows
-        what they tell: the path each was loaded from (an :class:`~.model.NnpModel`'s, a
-        :class:`~.datasets.Dataset`'s and its images); an object that was not loaded from a
+        what they tell: the path each was loaded from (an :class:`~..nnp.model.NnpModel`'s, a
+        :class:`~..data.datasets.Dataset`'s and its images); an object that was not loaded from a
         file adds nothing, and a file it came from cannot be protected.
         """
         yield from self.files_read
@@ -106,10 +107,11 @@ class InfluenceResult:
     def write_cleansed_csv(self, path: Union[str, Path], remove_top: int, outputs=None) -> int:
         """Write the training CSV without its ``remove_top`` most harmful rows (its own header,
         encoding and line ends); return how many rows it keeps. ``outputs`` (a
-        :class:`.staging.StagedOutputs`) stages it with other files; else it is written now.
+        :class:`..runtime.staging.StagedOutputs`) stages it with other files; else it is
+        written now.
 
-        ``path`` is refused as the plugins refuse an output (:mod:`.paths`): a file the
-        computation read (see :meth:`inputs`), a link, a folder or a read-only file.
+        ``path`` is refused as the plugins refuse an output (:mod:`..runtime.output_paths`): a
+        file the computation read (see :meth:`inputs`), a link, a folder or a read-only file.
         """
         from ..data.cleansed_csv import check_remove_top, write_cleansed_csv
 

@@ -1,6 +1,6 @@
-"""Stage 5: retrace the recorded training backwards (Hara et al. 2019, Algorithm 2).
+"""Retrace the recorded training backwards (Hara et al. 2019, Algorithm 2).
 
-Generalized to the solvers of :mod:`.solvers`, whose linearized step is
+Generalized to the solvers of :mod:`..nnp.solvers`, whose linearized step is
 ``m' = beta m + c g``, ``s' = rho s + kappa g^2``, ``theta' = (1 - d) theta - p m' - q m`` (p
 depending on s') with ``g = (1/|S|) sum_{i in S} w_i g_i(theta) + lambda theta``. Going backwards
 with the adjoints ``a_theta`` (start: u), ``a_m`` and ``a_s`` (start: 0) of the final validation

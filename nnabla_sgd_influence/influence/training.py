@@ -1,4 +1,4 @@
-"""Stage 3: retrain the model with its own solver and record what every step did.
+"""Retrain the model with its own solver and record what every step did.
 
 Retraining starts from the ``.nnp``'s parameters and solver state and continues its learning-rate
 schedule. Each step's rows, learning rate and solver step count are recorded. Mode ``last``
@@ -7,7 +7,7 @@ also writes theta_t and the solver's moments after every step to disk, one file 
 that the retrace can stream them back in reverse without holding them in memory.
 
 With ``row_weights`` a row's loss counts ``w_j`` times in its batch's mean (the denominator stays
-|S|): leave-one-out retraining (:mod:`.evaluation.ground_truth`) is this same loop with one
+|S|): leave-one-out retraining (:mod:`..evaluation.ground_truth`) is this same loop with one
 weight at 0.
 
 A training loss that is not finite, or parameters that are not finite after the last step, stop

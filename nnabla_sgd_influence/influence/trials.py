@@ -1,7 +1,7 @@
 """Trials of SGD-Influence: retrain, take the query gradient, retrace; then average them.
 
 :func:`run_trial` is one trial on fresh copies of the model's parameters; :func:`run_trials`
-runs every trial of an :class:`~.arguments.InfluenceArguments` in a working folder and averages
+runs every trial of an :class:`~..arguments.InfluenceArguments` in a working folder and averages
 their scores in trial order.
 """
 
@@ -59,7 +59,7 @@ def run_trial(
 
     Trial ``trial`` (0-based) shuffles with ``arguments.seed + trial``. Mode ``exact`` stores
     its snapshots in ``workdir`` (a temporary folder when None). ``model`` is left as loaded.
-    ``shard`` (an :class:`.mpi.World`) splits each step's batch over MPI ranks.
+    ``shard`` (an :class:`..execution.mpi.World`) splits each step's batch over MPI ranks.
     """
     arguments = arguments or InfluenceArguments()
     seed = arguments.seed_of(trial)

@@ -24,7 +24,7 @@ Memory while a member is read and decoded stays within about twice its declared 
 (parsing a network definition's text takes up to about 8 times its size).
 
 Every failure, a corrupt member included (bad CRC, unsupported compression or encryption, a
-damaged HDF5 file or protobuf message), is an :class:`~.errors.InfluenceError` of one line
+damaged HDF5 file or protobuf message), is an :class:`~..errors.InfluenceError` of one line
 naming the ``.nnp`` and the member, quoting at most a short excerpt of what was found.
 """
 

@@ -3,7 +3,7 @@
 Supported: nnabla 1.32.0 up to, not including, 1.40 (see ``NNABLA_RANGE``). Each shim below
 names the releases it serves and the public API it prefers. Where nnabla has no public API for
 what we need, the private one is used when it is there, with a fallback built on public pieces
-that ``tests/test_compat.py`` exercises on every release by forcing it.
+that ``tests/nnp/test_compat.py`` exercises on every release by forcing it.
 
 Facts this module relies on, checked against the installed 1.32.0, 1.33.1, 1.34.0, 1.35.1,
 1.36.0, 1.37.0, 1.38.0 and 1.39.0:

@@ -1,10 +1,10 @@
-"""Stage 1: read an NNC ``.nnp`` into plain data (:class:`NnpModel`).
+"""Read an NNC ``.nnp`` into plain data (:class:`NnpModel`).
 
 Everything is found through the optimizer section of the file, never by guessing from names
 or positions: the training network is the optimizer's ``network_name``, its inputs are the
 ``data_variable`` entries, the loss is the ``loss_variable`` entries and the trained parameters
 are the ``parameter_variable`` entries with a learning-rate multiplier above zero.
-Building nnabla graphs from it is :mod:`.graphs`' job.
+Building nnabla graphs from it is :mod:`..influence.graphs`' job.
 """
 
 from __future__ import annotations

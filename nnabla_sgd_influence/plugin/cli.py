@@ -161,7 +161,7 @@ def _add_hidden_options(parser: argparse.ArgumentParser, kind: str) -> None:
 
 
 def settings_from_args(kind: str, args: argparse.Namespace):
-    """The pipeline's (RunSettings, InfluenceArguments) for parsed arguments, validated."""
+    """The plugin run's (RunSettings, InfluenceArguments) for parsed arguments, validated."""
     from ..arguments import InfluenceArguments
     from .run import RunSettings
 
@@ -268,7 +268,7 @@ def main(kind: str, argv: Optional[Sequence[str]] = None) -> int:
 def _stop(error: BaseException, job, debug: bool) -> int:
     """Report the line that ``error`` closes the run with; its exit code.
 
-    Under MPI (``job``, a :class:`.mpi.World`) the ranks agree on one line: that of the
+    Under MPI (``job``, a :class:`..execution.mpi.World`) the ranks agree on one line: that of the
     rank where the run stopped, which rank 0 prints.
     """
     if debug and not isinstance(error, (KeyboardInterrupt, RunStopped)):
@@ -279,7 +279,7 @@ def _stop(error: BaseException, job, debug: bool) -> int:
 
 
 def _join_mpi_job():
-    """This process's :class:`.mpi.World` under ``mpirun`` with mpi4py, else None.
+    """This process's :class:`..execution.mpi.World` under ``mpirun`` with mpi4py, else None.
 
     Every rank joins first, before anything can fail: a rank that stops then waits in
     ``MPI_Finalize`` until every rank gets there, so the launcher never ends rank 0 before

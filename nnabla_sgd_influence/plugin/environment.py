@@ -28,10 +28,10 @@ BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
 
 
 def installed_version(distribution: str) -> Optional[str]:
-    try:
-        from importlib import metadata
-    except ImportError:  # Python 3.7
-        return None
+    """The version ``distribution``'s metadata gives, or None when it is not installed (asked
+    only of a Python in :data:`PYTHON_RANGE`, which all have ``importlib.metadata``)."""
+    from importlib import metadata
+
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:

@@ -3,7 +3,7 @@
 Everything that can be checked is checked before training starts, so that a bad file or
 argument costs seconds, not a retraining: the settings and every output path first, then the
 model and both datasets, then the outputs again against every image the datasets name. The
-scoring itself is :func:`.api.compute_influence`. All outputs (the ranking, the step log, the
+scoring itself is :func:`..api.compute_influence`. All outputs (the ranking, the step log, the
 cleansed CSV, the tile) are staged and renamed into place together, or not at all.
 """
 
@@ -183,7 +183,7 @@ def import_run_time_modules(settings: RunSettings, arguments: InfluenceArguments
 
 def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
     """Everything checked and loaded (on rank 0, which then hands the inputs to the others;
-    if it stops instead, the others hear it from the job: see :mod:`.mpi`)."""
+    if it stops instead, the others hear it from the job: see :mod:`..execution.mpi`)."""
     check_settings(settings)
     warn_if_untested_nnabla(log)
     resolve_context(settings.context, settings.device_id)  # a missing GPU fails now

@@ -1,11 +1,12 @@
-"""Limits of the machine, checked before the work that would hit them.
+"""The memory a run may use (the machine's, or an address-space limit such as ``ulimit -v``),
+checked before the work that would run out of it.
 
 :func:`check_memory` refuses an allocation that cannot fit the machine (an image cache of
 60,000 rows of a hostile input shape, say) with one line, instead of a ``MemoryError`` or the
 kernel's out-of-memory kill half way through. :func:`check_room` keeps native code that does
 not survive a failed allocation (OpenBLAS loading, HDF5 opening a file) from starting without
 room for it. (Memory that runs out anyway is told from other failures by
-:func:`.errors.is_out_of_memory`.)
+:func:`..errors.is_out_of_memory`.)
 """
 
 from __future__ import annotations

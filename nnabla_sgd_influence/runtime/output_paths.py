@@ -89,7 +89,7 @@ def files_read(
 ) -> List[Tuple[str, Path]]:
     """``(description, path)`` of the files a run reads besides images: the model, both CSVs
     (each skipped when None: not known) and, when no context is asked for, the ``net.nntxt``
-    of the working folder, which :func:`.context.choose_context` reads."""
+    of the working folder, which :func:`..execution.device.choose_context` reads."""
     named = (
         ("the model file", model),
         ("the input-train file", input_train),

@@ -1,6 +1,7 @@
-"""The files a run writes for the user, staged beside their destinations and committed together.
+"""The files a run writes for the user, staged beside their destinations and committed together;
+and the one way the run writes an array to its temporary folder (:func:`save_array`).
 
-A run may write several files (the ranking CSV, the step log, later a cleansed CSV or a tile
+A run may write several files (the ranking CSV, the step log, the cleansed CSV, the tile
 image). Written one after the other, a failure or a Ctrl-C between two of them leaves some
 written and some not. Here every file is first written to a temporary sibling; only when all
 are complete (flushed and synced) are they renamed over their destinations, at once:
@@ -20,7 +21,7 @@ A replaced file keeps its permission bits (a private 0600 file stays private) an
 run may set them, its owner and group. Temporary names are short (``.<first 32 characters of
 the name>.<random>.tmp``), so a destination whose own name fits the file system always gets a
 temporary sibling that fits too. Write errors (a full disk, a file-size limit) come out as one
-:class:`~.errors.InfluenceError` naming the destination.
+:class:`~..errors.InfluenceError` naming the destination.
 """
 
 from __future__ import annotations

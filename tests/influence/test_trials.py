@@ -1,4 +1,4 @@
-"""The SGD-Influence engine against independent references.
+"""SGD-Influence trials (retraining, passes, retrace) against independent references.
 
 Closed forms (logistic regression), the per-row loop the batched pass replaces, exactness for
 one SGD step of a linear objective, and leave-one-out retraining (Kendall's tau, Jaccard).

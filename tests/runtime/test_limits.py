@@ -1,5 +1,5 @@
-"""Argument and machine limits checked before the work (``limits.py``), and a run under a
-memory limit (``ulimit -v``)."""
+"""The seed range (``arguments.py``), memory checked before the work (``runtime/limits.py``),
+and a run under a memory limit (``ulimit -v``)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,12 @@
 * :mod:`.saturation`: a loss or Log reading a Sigmoid's or Softmax's probabilities, built from
   the logits with the gradient training's first-order backward has, so that saturated outputs
   give finite second-order values. Always used.
-* :mod:`.layers`: layers whose second order is slow in nnabla on the CPU, written in closed form
-  with numpy (BatchNormalization on batch statistics, ReLU and MaxPooling keeping their masks,
-  Tanh/Sigmoid and Convolution's bias), used inside :class:`SecondOrderLayers`
-  (``fast_layers``; equal to nnabla's own to float32 rounding, and not used under cudnn).
+* :mod:`.fast_layers`: layers whose second order is slow in nnabla on the CPU, written in closed
+  form with numpy and put together by :class:`SecondOrderLayers` (``fast_layers``; equal to
+  nnabla's own to float32 rounding, and not used under cudnn): BatchNormalization on batch
+  statistics (:mod:`.batch_norm`), ReLU and MaxPooling keeping their masks (:mod:`.masks`),
+  Tanh, Sigmoid and Convolution's bias (:mod:`.elementwise`); :mod:`._arrays` holds what
+  they share.
 """
 
 from .equivalents import SECOND_ORDER_EQUIVALENTS

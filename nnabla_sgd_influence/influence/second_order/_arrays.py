@@ -1,4 +1,4 @@
-"""Shared by the layers of :mod:`.layers`: numpy views of nnabla arrays, per-channel sums, and
+"""Shared by the layers of :mod:`.fast_layers`: numpy views of nnabla arrays, per-channel sums, and
 where the pass runs."""
 
 from __future__ import annotations

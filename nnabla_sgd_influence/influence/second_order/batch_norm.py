@@ -1,5 +1,5 @@
 """BatchNormalization with batch statistics, its backward and that backward's own, in closed
-form (the derivation is in :mod:`.layers`)."""
+form (the derivation is in :mod:`.fast_layers`)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Layers written for the second-order pass so that nnabla can differentiate them at all.
 
 :data:`SECOND_ORDER_EQUIVALENTS` maps a layer type to a builder ``(function_proto, inputs) ->
-output`` computing the same values; :mod:`.graphs` uses it when it builds a second-order graph.
+output`` computing the same values; :mod:`..graphs` uses it when it builds a second-order graph.
 
 **DepthwiseConvolution** has no second-order backward in nnabla; it is a Convolution with one
 group per input channel, which has.

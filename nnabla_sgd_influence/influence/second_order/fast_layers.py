@@ -1,6 +1,8 @@
-"""Faster second-order layers on the CPU: BatchNormalization, ReLU, MaxPooling, Tanh, Sigmoid.
+"""Faster second-order layers on the CPU, put together, and their derivation: BatchNormalization
+(:mod:`.batch_norm`), ReLU and MaxPooling (:mod:`.masks`), Tanh, Sigmoid and Convolution's bias
+gradient (:mod:`.elementwise`).
 
-The pass (:mod:`.hvp`) builds G = dL/dtheta with ``nn.grad`` and runs one backward pass of
+The pass (:mod:`..hvp`) builds G = dL/dtheta with ``nn.grad`` and runs one backward pass of
 s = <v, G>, so every layer appears three times: its forward, its backward (built by ``nn.grad``
 from nnabla's registry of backward functions) and the backward of that backward. For three
 common layers nnabla's CPU versions of the last two are slow: BatchNormalization's double
@@ -8,8 +10,9 @@ backward is about 58 eager broadcast operations in Python per step, and the back
 and MaxPooling recompute the mask and the positions of the maxima, with element-wise kernels
 many times slower than numpy's. Here each of them is a pair of nnabla functions
 written with numpy: a forward that also outputs what its backward needs, and a backward whose
-own backward is written out in closed form. :class:`SecondOrderLayers` builds the forwards
-(the graph builder calls its ``build`` per layer) and makes ``nn.grad`` find the backwards.
+own backward is written out in closed form. :class:`SecondOrderLayers`, this module's part,
+builds the forwards (the graph builder calls its ``build`` per layer) and makes ``nn.grad``
+find the backwards.
 
 BatchNormalization with batch statistics (the training network). Per channel (every index
 of the kept ``axes``), with N the number of elements reduced over and means over them::
@@ -47,7 +50,8 @@ runs about 58 eager broadcast operations and recomputes the statistics from x. T
 running mean and variance are neither read nor written (the forward's are private arrays):
 with batch statistics the output does not depend on them.
 
-Below MIN_ELEMENTS elements nnabla's small kernels win and the layers below stay nnabla's.
+Below :data:`._arrays.MIN_ELEMENTS` elements nnabla's small kernels win and the layers below
+stay nnabla's.
 
 ReLU: the forward outputs y = max(x, 0) and the mask [x > 0] (no gradient flows through the
 mask, as in nnabla's own backward); dx = dy * mask and its backward g_dy = g * mask reuse it.

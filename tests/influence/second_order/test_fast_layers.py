@@ -573,7 +573,7 @@ def _model_pass_matches(nnp: Path, data: Path, rows: np.ndarray, reference: bool
         _assert_close(flat(fast_hv), flat(ref_hv), MODEL_TOLERANCE)
 
 
-# (Batches of one row: tests/test_second_order_losses.py.)
+# (Batches of one row: tests/influence/second_order/test_equivalents.py.)
 @pytest.mark.parametrize("rows", [np.arange(3, 19), np.array([2, 9])])
 def test_sample_cnn_with_batch_normalization(samples_dir, rows):
     _model_pass_matches(*_case(samples_dir, "digits_cnn"), rows, reference=True)
