@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -120,19 +121,29 @@ def test_public_names():
 
 
 @pytest.mark.system
-def test_readme_example_runs(samples_dir):
-    """The README's Python example, as written there."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("```python\nfrom nnabla_sgd_influence import compute_influence")
-    code = readme[start + len("```python\n") : readme.index("```", start + 10)]
+def test_readme_example_runs(samples_dir, tmp_path):
+    """The README's Python example, as written there: it prints what the README shows, and
+    writes its cleansed CSV to a new temporary folder (here, under the test's ``TMPDIR``)."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python", readme.index("## Python API"))
+    code = readme[readme.index("\n", start) + 1 : readme.index("```", start + 10)]
+    shown_from = readme.index("```\n", readme.index("prints", start + len(code))) + 4
+    shown = readme[shown_from : readme.index("```", shown_from)]
     completed = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=root,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert "most harmful rows:" in completed.stdout
+    number = r"-?\d+\.\d+(?:e[-+]\d+)?"
+    assert re.sub(number, "N", completed.stdout) == re.sub(number, "N", shown)
+    printed, expected = (np.array(re.findall(number, t), float) for t in (completed.stdout, shown))
+    np.testing.assert_allclose(printed, expected, rtol=1e-5)  # float32 rounding may differ
+    (written,) = tmp_path.glob("*/train_cleansed.csv")
+    assert len(written.read_text().splitlines()) == 1 + 307
 
 
 # --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -319,3 +320,37 @@ def test_layout_matches_real_nnc_file(samples: Path) -> None:
     assert [n.name for n in nntxt_proto(ours).network] == [
         n.name for n in nntxt_proto(theirs).network
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# The demo
+# ----------------------------------------------------------------------------------------------
+
+
+def readme_block(after: str) -> str:
+    """The text of the README's first fenced block after the words ``after``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```", readme.index(after))
+    body = readme.index("\n", start) + 1
+    return readme[body : readme.index("```", body)]
+
+
+def without_seconds(text: str) -> str:
+    """``text`` with its timings (``4.2 s``) and the Python that ran the plugins left out."""
+    text = re.sub(r"\d+\.\d s\b", "N s", text)
+    return re.sub(r"^\$ \S+", "$ PYTHON", text, flags=re.MULTILINE)
+
+
+@pytest.mark.system
+def test_the_readme_shows_what_make_demo_prints(samples: Path) -> None:
+    """``make demo``'s two commands as the Makefile runs them: what they print (on stdout; the
+    plugins' log lines go to stderr) is the README's block, line for line but for the times."""
+    printed = ""
+    for script in ("samples/build_samples.py", "samples/demo.py"):
+        completed = subprocess.run(
+            [sys.executable, script], cwd=ROOT, capture_output=True, text=True, timeout=900
+        )
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        printed += completed.stdout
+    shown = readme_block("What `make demo` prints")
+    assert without_seconds(printed) == without_seconds(shown)
