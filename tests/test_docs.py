@@ -1,10 +1,11 @@
 """The words about the code name code that exists: each stage's folder says what it holds,
-and every cross-reference in the package's docstrings and comments resolves.
+every cross-reference in the package's docstrings and comments resolves, and every file of
+this repository the README cites is there.
 
 Modules moved into folders by stage; a reference written for the old flat layout
-(``:mod:`.staging``` from ``data/``) no longer names anything. References are read as
-Python's relative imports: one dot is the module's own package (or the module itself), each
-further dot one package up.
+(``:mod:`.staging``` from ``data/``) no longer names anything, and a README path to a moved
+test sends a reader nowhere. References are read as Python's relative imports: one dot is
+the module's own package (or the module itself), each further dot one package up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "nnabla_sgd_influence"
 REFERENCE = re.compile(r":(?:mod|func|class|meth|data|attr|exc|obj):`~?([\w.]+)`")
+# Paths the README names that are not this repository's: Sony's plugins, nnabla's backward
+# functions, NNC's folder, pyenv's, and what a run makes.
+NOT_OURS = {
+    "SGD_influence.py",
+    "sgd_influence_tabular.py",
+    "backward_function/*.py",
+    "libs/",
+    "versions/",
+    "samples/build/",
+    "benchmarks/output/",
+}
 
 
 def module_name(path: Path) -> str:
@@ -97,6 +109,28 @@ def test_the_reference_check_sees_a_stale_name():
     assert resolves(".excerpt", "nnabla_sgd_influence.errors", False)
     assert resolves("SolverSpec.state", "nnabla_sgd_influence.nnp.solvers", False)
     assert not resolves(".layers", "nnabla_sgd_influence.influence.second_order", True)
+
+
+def cited_paths(readme: str) -> List[str]:
+    """The file and folder paths of this repository that the README quotes in backticks:
+    anything ending in ``.py``, ``.sh``, ``.txt``, ``.md`` or ``/`` without spaces."""
+    quoted = re.findall(r"`([^`\s]+)`", readme)
+    return [
+        q
+        for q in quoted
+        if re.fullmatch(r"[\w./*-]+(\.py|\.sh|\.txt|\.md|/)", q) and not q.startswith("..")
+    ]
+
+
+def test_every_path_the_readme_cites_exists():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [
+        path
+        for path in cited_paths(readme)
+        if path not in NOT_OURS
+        and not any(list(base.glob(path)) for base in (ROOT, PACKAGE, ROOT / "tests"))
+    ]
+    assert missing == []
 
 
 @pytest.mark.parametrize("folder", sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py")))
