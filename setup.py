@@ -1,10 +1,21 @@
 """Packaging for nnabla-sgd-influence."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 here = Path(__file__).parent
+
+
+def long_description() -> str:
+    """The README, its figures named instead of shown: a relative image path (``docs/*.png``)
+    resolves in the repository and in the source distribution, not where a package index
+    shows the description."""
+    readme = (here / "README.md").read_text(encoding="utf-8")
+    figure = re.compile(r"!\[([^\]]*)\]\((?![a-z]+://)([^)\s]+)\)")
+    return figure.sub(r"*(figure: \1; \2 in the source distribution)*", readme)
+
 
 setup(
     name="nnabla-sgd-influence",
@@ -13,7 +24,7 @@ setup(
         "Rank the training rows of a Neural Network Console model by their "
         "SGD-Influence on the validation loss"
     ),
-    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description=long_description(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["nnabla_sgd_influence", "nnabla_sgd_influence.*"]),
