@@ -17,6 +17,7 @@ import numpy as np
 from ..data.ranking_csv import ranking
 from ..errors import InfluenceError, excerpt
 from ..runtime.output_paths import check_outputs, image_inputs
+from .spread import Counts, count_rows, influence_std
 
 Labelled = Tuple[Tuple[str, str], ...]  # (what a file is, its path)
 ImagesRead = Tuple[Tuple[str, Sequence[str]], ...]  # (role, the path of each row's image)
@@ -66,8 +67,6 @@ class InfluenceResult:
     @property
     def influence_std(self) -> Optional[np.ndarray]:
         """Each row's sample standard deviation over the trials (None with one trial)."""
-        from ..data.cleansed_csv import influence_std
-
         return influence_std(self.per_trial)
 
     def ranking(self) -> np.ndarray:
@@ -84,11 +83,9 @@ class InfluenceResult:
         check_row_count("k", k, len(self.scores))
         return self.ranking()[::-1][:k]
 
-    def counts(self, k: int = 10):
+    def counts(self, k: int = 10) -> Counts:
         """How many rows hurt, help or do nothing; how many of the ``k`` most harmful are
-        distinguishable from zero over the trials (:class:`.cleansing.Counts`)."""
-        from ..data.cleansed_csv import count_rows
-
+        distinguishable from zero over the trials (:class:`.spread.Counts`)."""
         return count_rows(self.scores, self.per_trial, self.ranking(), k)
 
     def inputs(self) -> Iterator[Tuple[str, str]]:
