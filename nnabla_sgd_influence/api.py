@@ -50,7 +50,7 @@ def compute_influence(
     keep_temp: bool = False,
     workers: Optional[int] = 1,
     progress: Union[bool, Progress, Callable[[str, int, int], None]] = True,
-    model_solver: bool = True,
+    retrace_as_sgd: bool = False,
 ) -> Optional[InfluenceResult]:
     """SGD-Influence of every row of ``input_train`` on the mean loss of ``input_val``.
 
@@ -75,7 +75,7 @@ def compute_influence(
         epochs=epochs,
         mode=mode,
         hvp=hvp,
-        model_solver=model_solver,
+        retrace_as_sgd=retrace_as_sgd,
     )
     if not isinstance(model, NnpModel):
         model = load_model(model)

@@ -22,8 +22,8 @@ class InfluenceArguments:
     """How the scores are computed (see the README's option tables).
 
     ``seed`` is the first trial's; trial ``i`` (0-based) shuffles with ``seed + i``.
-    ``model_solver=False`` retraces every solver as plain SGD: kept to measure what following
-    the solver's real update buys, not for users.
+    ``retrace_as_sgd=True`` retraces every solver's steps as plain SGD steps: kept to measure
+    what following the solver's real update buys, not for users.
     """
 
     batch_size: int = 32
@@ -32,7 +32,7 @@ class InfluenceArguments:
     epochs: int = 1
     mode: str = "last"
     hvp: str = "auto"
-    model_solver: bool = True
+    retrace_as_sgd: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "n_trials", "epochs"):

@@ -60,7 +60,7 @@ def retrace(
     u: List[np.ndarray],
     step_pass,
     *,
-    model_solver: bool = True,
+    retrace_as_sgd: bool = False,
     progress: Progress = SILENT,
 ) -> np.ndarray:
     """Influence of every training row on the validation loss (negative: removing it helps).
@@ -79,7 +79,7 @@ def retrace(
                 theta_t, state = next(snapshots)
                 params.set_trainable(theta_t)
             update = linearize(
-                spec, step.learning_rate, step.solver_step, state, len(params.theta), model_solver
+                spec, step.learning_rate, step.solver_step, state, len(params.theta), retrace_as_sgd
             )
             batch = train.batch(step.rows)
             try:

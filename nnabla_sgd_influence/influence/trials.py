@@ -88,7 +88,7 @@ def run_trial(
             run,
             u,
             step_pass,
-            model_solver=arguments.model_solver,
+            retrace_as_sgd=arguments.retrace_as_sgd,
             progress=progress,
         )
     if shard is not None:
