@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .arguments import InfluenceArguments
-from .data.datasets import Dataset, load_dataset
+from .data.datasets import Batches, Dataset, load_dataset
 from .errors import InfluenceError, excerpt
 from .execution.device import select_context
 from .execution.mpi import run_trials_over_mpi
@@ -121,7 +121,7 @@ def check_input_types(model: object, input_train: object, input_val: object) -> 
             f"model must be the path of a .nnp file or a loaded NnpModel, got {_kind(model)}"
         )
     for name, source in (("input_train", input_train), ("input_val", input_val)):
-        if not (_is_path(source) or _is_dataset(source)):
+        if not (_is_path(source) or isinstance(source, Batches)):
             raise InfluenceError(
                 f"{name} must be the path of a CSV file or a loaded Dataset, got {_kind(source)}"
             )
@@ -131,18 +131,11 @@ def _is_path(value: object) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
-def _is_dataset(value: object) -> bool:
-    """A :class:`Dataset`, or anything with ``len()`` and ``batch(rows)``."""
-    return isinstance(value, Dataset) or (
-        hasattr(value, "__len__") and callable(getattr(value, "batch", None))
-    )
-
-
 def _kind(value: object) -> str:
     return "None" if value is None else f"{type(value).__name__} {excerpt(repr(value))}"
 
 
-def _dataset(source: Union[PathLike, Dataset], model: NnpModel, role: str) -> Dataset:
+def _dataset(source: Union[PathLike, Batches], model: NnpModel, role: str) -> Batches:
     if not _is_path(source):
-        return source  # a Dataset, or anything with len() and batch(rows)
+        return source  # a Dataset, or any other Batches
     return load_dataset(source, model.data_variables, model.normalize_images, role=role)

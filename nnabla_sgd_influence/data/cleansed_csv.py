@@ -20,6 +20,7 @@ from ..errors import InfluenceError, excerpt_path
 from ..runtime.output_paths import relative_path
 from ..runtime.signals import checkpoints
 from .csvfile import read_records
+from .datasets import Dataset
 from .ranking_csv import staged
 
 
@@ -40,7 +41,7 @@ def check_remove_top(remove_top: int, n_rows: int) -> None:
         )
 
 
-def write_cleansed_csv(dataset, removed: Sequence[int], path: Path, outputs=None) -> int:
+def write_cleansed_csv(dataset: Dataset, removed: Sequence[int], path: Path, outputs=None) -> int:
     """Write ``dataset``'s CSV without the rows ``removed`` to ``path`` (staged in ``outputs``,
     a :class:`.staging.StagedOutputs`, when given); return how many rows it keeps."""
     path = Path(path)
@@ -57,7 +58,7 @@ def write_cleansed_csv(dataset, removed: Sequence[int], path: Path, outputs=None
     return len(kept)
 
 
-def _check_records_match(dataset, records: List[str]) -> None:
+def _check_records_match(dataset: Dataset, records: List[str]) -> None:
     """Each raw record must be the table's row of the same index (else refuse to write)."""
     table = dataset.table
     if len(records) != len(table):
@@ -76,7 +77,7 @@ def _check_records_match(dataset, records: List[str]) -> None:
             )
 
 
-def _image_rewriter(dataset, header: str, folder: Path):
+def _image_rewriter(dataset: Dataset, header: str, folder: Path):
     """A function giving a record with its image path relative to ``folder``, or None when
     the CSV's own folder is ``folder`` (every record is written as it is)."""
     if dataset.image_variable is None:

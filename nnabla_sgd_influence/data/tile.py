@@ -13,6 +13,7 @@ from typing import List, Sequence
 
 import numpy as np
 
+from .datasets import Dataset
 from .ranking_csv import staged
 
 MIN_CELL = 84  # pixels of the shorter side of each image, at least
@@ -44,7 +45,9 @@ def caption(row: int, label: str, score: float) -> str:
     return f"row {row}  y={label}\n{score:.2e}"
 
 
-def sections_for(dataset, scores: np.ndarray, ranking: np.ndarray, k: int, helpful: bool):
+def sections_for(
+    dataset: Dataset, scores: np.ndarray, ranking: np.ndarray, k: int, helpful: bool
+) -> List[Section]:
     """The harmful section (and the helpful one) of ``dataset`` for a result's ranking."""
     labels = dataset.label_texts()
     chosen = [("most harmful (most negative influence first)", ranking[:k], _HARMFUL)]

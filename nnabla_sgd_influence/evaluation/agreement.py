@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..arguments import InfluenceArguments
+from ..data.datasets import Batches
 from ..influence.trials import run_trial
 from ..nnp.model import NnpModel
 from .ground_truth import LeaveOneOut
@@ -20,8 +21,8 @@ class Agreement:
 
 def agreement_with_leave_one_out(
     model: NnpModel,
-    train,
-    val,
+    train: Batches,
+    val: Batches,
     *,
     epochs: int,
     mode: str,

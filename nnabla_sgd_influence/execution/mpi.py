@@ -46,11 +46,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import RunStopped, chain, closing_line, one_line
 from ..plugin.environment import launched
 from ..runtime import signals
+
+if TYPE_CHECKING:  # numpy and nnabla are not loaded before a run needs them
+    from ..data.datasets import Batch
+    from ..influence.hvp import PassResult, StepPass
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +174,7 @@ class World:
             raise stop.error()
         signals.checkpoint()
 
-    def sharded(self, step_pass) -> ShardedPass:
+    def sharded(self, step_pass: StepPass) -> ShardedPass:
         """``step_pass`` over this rank's share of each batch, its sums over all ranks."""
         return ShardedPass(step_pass, self)
 
@@ -368,14 +372,14 @@ def splits_batches(model, n_trials: int, size: int) -> bool:
 
 
 class ShardedPass:
-    """A step pass over this rank's share of each batch, summed over the ranks.
+    """A :class:`.hvp.StepPass` over this rank's share of each batch, summed over the ranks.
 
     ``__call__``/``prepare``/``finish`` keep the single-process signatures: ``<v, g_j>`` comes
     back for the whole batch, zero where a row is another rank's, and the sums (batch gradient,
     ``sum_i H_i v``) are the whole batch's.
     """
 
-    def __init__(self, inner, world: World) -> None:
+    def __init__(self, inner: StepPass, world: World) -> None:
         import numpy as np
 
         self.inner = inner
@@ -384,14 +388,18 @@ class ShardedPass:
         self._rows = np.zeros(0, dtype=np.intp)
         self._size = 0
 
-    def _share(self, batch):
+    @property
+    def parameter_shapes(self) -> List[Tuple[int, ...]]:
+        return self.inner.parameter_shapes
+
+    def _share(self, batch: Batch) -> Batch:
         import numpy as np
 
         self._size = len(next(iter(batch.values())))
         self._rows = np.array_split(np.arange(self._size), self.world.size)[self.world.rank]
         return {name: values[self._rows] for name, values in batch.items()}
 
-    def __call__(self, batch, v):
+    def __call__(self, batch: Batch, v: Sequence) -> PassResult:
         import numpy as np
 
         share = self._share(batch)
@@ -399,24 +407,28 @@ class ShardedPass:
             return self._whole(*self.inner(share, v))
         return self._whole(np.zeros(0), [np.zeros(np.shape(a)) for a in v])
 
-    def prepare(self, batch) -> List:
+    def prepare(self, batch: Batch) -> List:
         import numpy as np
 
         share = self._share(batch)
         if len(self._rows):
             gradient = self.inner.prepare(share)
         else:
-            gradient = [np.zeros(shape) for shape in self.inner.graphs.params.shapes]
+            gradient = [np.zeros(shape) for shape in self.inner.parameter_shapes]
         return self.world.sum(gradient)
 
-    def finish(self, v):
+    def finish(self, v: Sequence) -> PassResult:
         import numpy as np
 
         if len(self._rows):
             return self._whole(*self.inner.finish(v))
         return self._whole(np.zeros(0), [np.zeros(np.shape(a)) for a in v])
 
-    def _whole(self, local_dots, hv: List):
+    def first_non_finite_layer(self, batch: Batch, v: Sequence) -> str:
+        """The inner pass's search, on the whole batch (it only runs once a step failed)."""
+        return self.inner.first_non_finite_layer(batch, v)
+
+    def _whole(self, local_dots, hv: List) -> PassResult:
         import numpy as np
 
         dots = np.zeros(self._size)

@@ -14,6 +14,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..data.datasets import Batches, Dataset
 from ..data.ranking_csv import ranking
 from ..errors import InfluenceError, excerpt
 from ..runtime.output_paths import check_outputs, image_inputs
@@ -49,15 +50,14 @@ class InfluenceResult:
     hvp_method: str  # "autodiff" or "finite-difference"
     steps: List = field(default_factory=list, repr=False)  # trial 1's training.Step records
     stored_bytes: int = 0  # what trial 1 kept for its retrace
-    dataset: object = field(default=None, repr=False)  # the training Dataset that was scored
+    dataset: Optional[Batches] = field(default=None, repr=False)  # the training rows scored
     # The files read, for the writers' checks; by default what the training Dataset tells.
     files_read: Labelled = field(default=(), repr=False)
     images_read: ImagesRead = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if not self.files_read and not self.images_read and self.dataset is not None:
-            path = getattr(self.dataset, "path", None)
-            self.files_read = () if path is None else (("the input-train file", str(path)),)
+        if not self.files_read and not self.images_read and isinstance(self.dataset, Dataset):
+            self.files_read = (("the input-train file", str(self.dataset.path)),)
             self.images_read = images_read(self.dataset, "input-train")
 
     @property
@@ -131,14 +131,15 @@ class InfluenceResult:
         title = f"{Path(dataset.path).name}: SGD-Influence over {self.n_trials} trial(s)"
         write_tile(Path(path), title, sections, outputs)
 
-    def _training_csv(self):
-        if self.dataset is None or not hasattr(self.dataset, "csv_format"):
+    def _training_csv(self) -> Dataset:
+        if not isinstance(self.dataset, Dataset):
             raise InfluenceError("this result was computed on data that was not read from a CSV")
         return self.dataset
 
 
-def images_read(dataset: object, role: str) -> ImagesRead:
-    """``(role, paths)`` for each image column of a loaded dataset (none for an object that
-    does not say where its images came from)."""
-    image_files = getattr(dataset, "image_files", None)
-    return () if image_files is None else tuple((role, p) for p in image_files().values())
+def images_read(dataset: Batches, role: str) -> ImagesRead:
+    """``(role, paths)`` for each image column of a loaded :class:`Dataset` (none for other
+    rows, which do not say where their images came from)."""
+    if not isinstance(dataset, Dataset):
+        return ()
+    return tuple((role, paths) for paths in dataset.image_files().values())
