@@ -329,3 +329,26 @@ def test_inputs_of_the_wrong_type_are_refused_before_any_work(cancer, monkeypatc
     message = str(caught.value)
     assert message.startswith(f"{position} must be the path of {kind}"), message
     assert message.endswith("None" if value is None else repr(value)) and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"workers": 2.5}, "workers must be a positive integer, got 2.5"),
+        ({"workers": True}, "workers must be a positive integer, got True"),
+        ({"context": "gpu"}, "unknown context 'gpu'"),
+        ({"temp_dir": 5}, "temp_dir must be the path of a folder"),
+    ],
+)
+def test_how_to_run_is_checked_before_any_input_is_read(cancer, monkeypatch, options, message):
+    """A workers count that is not a whole number is refused, not rounded, and before the
+    model and the CSVs are read."""
+    from nnabla_sgd_influence import api
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("an input was loaded")
+
+    monkeypatch.setattr(api, "load_model", no_loading)
+    monkeypatch.setattr(api, "load_dataset", no_loading)
+    with pytest.raises(InfluenceError, match=re.escape(message)):
+        compute_influence(*cancer, n_trials=2, **options)

@@ -31,10 +31,16 @@ def cleansed_path(output: Path) -> Path:
 
 
 def check_remove_top(remove_top: int, n_rows: int) -> None:
+    """Refuse ``remove_top`` unless it is an integer from 0 to ``n_rows - 1``."""
     if not isinstance(remove_top, (int, np.integer)) or isinstance(remove_top, bool):
         raise InfluenceError(f"remove_top must be an integer, got {remove_top!r}")
     if remove_top < 0:
         raise InfluenceError(f"remove_top must be 0 (off) or more, got {remove_top}")
+    check_leaves_rows(remove_top, n_rows)
+
+
+def check_leaves_rows(remove_top: int, n_rows: int) -> None:
+    """Refuse a count ``remove_top`` (a non-negative integer) that would remove every row."""
     if remove_top >= n_rows:
         raise InfluenceError(
             f"remove_top {remove_top} would leave no training rows (input-train has {n_rows})"

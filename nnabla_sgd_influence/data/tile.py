@@ -107,6 +107,23 @@ def _to_picture(pixels: np.ndarray):
     return Image.fromarray(pixels, mode=mode).convert("RGB")
 
 
+def write_ranked_tile(
+    path: Path,
+    dataset: Dataset,
+    scores: np.ndarray,
+    ranking: np.ndarray,
+    k: int,
+    helpful: bool,
+    n_trials: int,
+    outputs=None,
+) -> None:
+    """The tile of a ranking of ``dataset``'s rows: its ``k`` most harmful images (and ``k``
+    most helpful), titled with the file and the trials (staged in ``outputs`` when given)."""
+    sections = sections_for(dataset, scores, ranking, k, helpful)
+    title = f"{Path(dataset.path).name}: SGD-Influence over {n_trials} trial(s)"
+    write_tile(Path(path), title, sections, outputs)
+
+
 def write_tile(path: Path, title: str, sections: Sequence[Section], outputs=None) -> None:
     """Draw the tile and write it to ``path`` as a PNG (staged in ``outputs`` when given)."""
     image = draw_tile(title, sections)

@@ -14,8 +14,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..data.cleansed_csv import check_remove_top, write_cleansed_csv
 from ..data.datasets import Batches, Dataset
 from ..data.ranking_csv import ranking
+from ..data.tile import write_ranked_tile
 from ..errors import InfluenceError, excerpt
 from ..runtime.output_paths import check_outputs, image_inputs
 from .spread import Counts, count_rows, influence_std
@@ -29,6 +31,11 @@ def check_row_count(name: str, k: object, rows: int, least: int = 0) -> None:
     count beyond the rows is an error, never quietly cut to what there is."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
         raise InfluenceError(f"{name} must be an integer, got {excerpt(repr(k))}")
+    check_within_rows(name, k, rows, least)
+
+
+def check_within_rows(name: str, k: int, rows: int, least: int = 0) -> None:
+    """Refuse a count of rows ``k`` (an integer) outside ``least`` to ``rows``."""
     if not least <= k <= rows:
         raise InfluenceError(
             f"{name} must be from {least} to {rows} (the training rows), got {int(k)}"
@@ -108,28 +115,23 @@ class InfluenceResult:
         ``path`` is refused as the plugins refuse an output (:mod:`.paths`): a file the
         computation read (see :meth:`inputs`), a link, a folder or a read-only file.
         """
-        from ..data.cleansed_csv import check_remove_top, write_cleansed_csv
-
         check_remove_top(remove_top, len(self.scores))
         dataset = self._training_csv()
         check_outputs([("cleansed CSV", Path(path))], self.inputs())
-        return write_cleansed_csv(dataset, self.harmful(remove_top), Path(path), outputs)
+        return write_cleansed_csv(dataset, self.ranking()[:remove_top], Path(path), outputs)
 
     def write_tile(
         self, path: Union[str, Path], k: int, helpful: bool = False, outputs=None
     ) -> None:
         """A PNG of the ``k`` most harmful training images (and the ``k`` most helpful);
         1 <= k <= rows. ``path`` is refused as in :meth:`write_cleansed_csv`."""
-        from ..data.tile import sections_for, write_tile
-
         dataset = self._training_csv()
         if dataset.image_variable is None:
             raise InfluenceError("the tile is for image datasets; this one has no image column")
         check_row_count("k", k, len(self.scores), least=1)
         check_outputs([("tile", Path(path))], self.inputs())
-        sections = sections_for(dataset, self.scores, self.ranking(), k, helpful)
-        title = f"{Path(dataset.path).name}: SGD-Influence over {self.n_trials} trial(s)"
-        write_tile(Path(path), title, sections, outputs)
+        ranking = self.ranking()
+        write_ranked_tile(path, dataset, self.scores, ranking, k, helpful, self.n_trials, outputs)
 
     def _training_csv(self) -> Dataset:
         if not isinstance(self.dataset, Dataset):

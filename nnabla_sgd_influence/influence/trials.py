@@ -150,41 +150,42 @@ def run_trials(
     progress: Progress = SILENT,
 ) -> InfluenceResult:
     """Every trial (seeds seed, seed+1, ...), each in ``folder/trial_<i>``; scores averaged."""
-    trials = [
-        trial_in_folder(model, train, val, arguments, index, folder, keep_temp, progress)
-        for index in range(arguments.n_trials)
-    ]
-    return average_trials(trials, train)
+    trials = Trials(model, train, val, arguments, Path(folder), keep_temp, progress)
+    return average_trials([trials.run(index) for index in range(arguments.n_trials)], train)
 
 
-def trial_in_folder(
-    model: NnpModel,
-    train: Batches,
-    val: Batches,
-    arguments: InfluenceArguments,
-    index: int,
-    folder: Path,
-    keep_temp: bool = False,
-    progress: Progress = SILENT,
-    shard: Optional[Shard] = None,
-) -> TrialResult:
-    """Trial ``index`` (0-based) in its own ``folder/trial_<index + 1>``, removed afterwards."""
-    workdir = Path(folder) / f"trial_{index + 1}"
-    workdir.mkdir()
-    result = run_trial(
-        model,
-        train,
-        val,
-        arguments,
-        trial=index,
-        workdir=workdir,
-        progress=progress.for_trial(index, arguments.n_trials),
-        shard=shard,
-    )
-    if not keep_temp:
-        remove_folder(workdir)  # mode "exact" may have stored much there
-    checkpoint()
-    return result
+@dataclass(frozen=True)
+class Trials:
+    """The trials of one computation, each run in its own subfolder of ``folder``, which is
+    removed after it unless ``keep_temp``; ``shard`` splits each step's batch over MPI ranks."""
+
+    model: NnpModel
+    train: Batches
+    val: Batches
+    arguments: InfluenceArguments
+    folder: Path
+    keep_temp: bool = False
+    progress: Progress = SILENT
+    shard: Optional[Shard] = None
+
+    def run(self, index: int) -> TrialResult:
+        """Trial ``index`` (0-based) in ``folder/trial_<index + 1>``."""
+        workdir = Path(self.folder) / f"trial_{index + 1}"
+        workdir.mkdir()
+        result = run_trial(
+            self.model,
+            self.train,
+            self.val,
+            self.arguments,
+            trial=index,
+            workdir=workdir,
+            progress=self.progress.for_trial(index, self.arguments.n_trials),
+            shard=self.shard,
+        )
+        if not self.keep_temp:
+            remove_folder(workdir)  # mode "exact" may have stored much there
+        checkpoint()
+        return result
 
 
 def average_trials(trials: List[TrialResult], train: Optional[Batches] = None) -> InfluenceResult:

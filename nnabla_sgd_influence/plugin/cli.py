@@ -17,14 +17,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import List, NoReturn, Optional, Sequence
 
-from ..arguments import HVP_METHODS, MODES
+from ..arguments import CONTEXTS, HVP_METHODS, MODES
 from ..errors import DEBUG_VARIABLE, InfluenceError, RunStopped, closing_line, one_line
-from ..execution.device import CONTEXTS
+from ..execution.mpi import launched
 from ..nnp.compat import import_nnabla
 from ..runtime import signals, streams
 from ..runtime.limits import OPENBLAS_LOAD_BYTES, check_room
 from ..runtime.progress import close_open_bars
-from .environment import check_interpreter, check_packages, launched, use_single_threaded_blas
+from .environment import check_interpreter, check_packages, use_single_threaded_blas
 
 _PAPERS = """
 Ranks every row of the training dataset by its SGD-Influence on the validation loss:
@@ -161,8 +161,9 @@ def _add_hidden_options(parser: argparse.ArgumentParser, kind: str) -> None:
 
 
 def settings_from_args(kind: str, args: argparse.Namespace):
-    """The pipeline's (RunSettings, InfluenceArguments) for parsed arguments, validated."""
-    from ..arguments import InfluenceArguments
+    """The run's (RunSettings, ExecutionArguments, InfluenceArguments) for parsed arguments,
+    each validated as it is made."""
+    from ..arguments import ExecutionArguments, InfluenceArguments
     from .run import RunSettings
 
     settings = RunSettings(
@@ -171,16 +172,18 @@ def settings_from_args(kind: str, args: argparse.Namespace):
         input_val=Path(args.input_val),
         output=Path(args.output),
         kind=kind,
-        context=args.context,
-        device_id=None if args.device_id is None else str(args.device_id),
-        temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
-        keep_temp=args.keep_temp,
         step_log=args.step_log,
         encoding=args.encoding,
         remove_top=args.remove_top,
         tile=getattr(args, "tile", 0),
         tile_helpful=getattr(args, "tile_helpful", False),
+    )
+    execution = ExecutionArguments(
+        context=args.context,
+        device_id=args.device_id,
         workers=args.workers,
+        temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
+        keep_temp=args.keep_temp,
     )
     arguments = InfluenceArguments(
         batch_size=args.batch_size,
@@ -190,7 +193,7 @@ def settings_from_args(kind: str, args: argparse.Namespace):
         mode=args.mode,
         hvp=args.hvp,
     )
-    return settings, arguments
+    return settings, execution, arguments
 
 
 class _LogFormatter(logging.Formatter):

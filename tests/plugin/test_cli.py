@@ -259,7 +259,7 @@ def test_exit_codes(monkeypatch, capsys, raised, code, line):
     import nnabla_sgd_influence.plugin.cli as cli
     import nnabla_sgd_influence.plugin.run as pipeline
 
-    def fail(_settings, _arguments):
+    def fail(_settings, _execution, _arguments):
         raise raised
 
     monkeypatch.setattr(pipeline, "run", fail)
@@ -274,7 +274,7 @@ def test_interrupt_inside_an_nnabla_callback_is_an_interrupt(monkeypatch, capsys
     import nnabla_sgd_influence.plugin.cli as cli
     import nnabla_sgd_influence.plugin.run as pipeline
 
-    def fail(_settings, _arguments):
+    def fail(_settings, _execution, _arguments):
         # What nnabla raises when the signal handler runs inside its backward callback.
         try:
             raise KeyboardInterrupt
@@ -292,7 +292,7 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
     import nnabla_sgd_influence.plugin.cli as cli
     import nnabla_sgd_influence.plugin.run as pipeline
 
-    def fail(_settings, _arguments):
+    def fail(_settings, _execution, _arguments):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pipeline, "run", fail)
@@ -312,8 +312,9 @@ def test_arguments_reach_the_settings(monkeypatch):
     argv = ["-t", "a.csv", "-v", "b.csv", "-nt", "3", "-s", "7"]
     argv += ["--temp-dir", "t", "--step-log", "--hvp", "autodiff"]
     assert cli.main_image(argv) == 0
-    ((settings, arguments),) = seen
+    ((settings, execution, arguments),) = seen
     assert (settings.kind, arguments.batch_size) == ("image", 32)
     assert (arguments.n_trials, arguments.seed) == (3, 7)
     assert settings.model == Path("results.nnp") and settings.output == Path("influence.csv")
-    assert settings.temp_dir == Path("t") and settings.step_log and arguments.hvp == "autodiff"
+    assert execution.temp_dir == Path("t") and execution.workers is None
+    assert settings.step_log and arguments.hvp == "autodiff"
