@@ -15,7 +15,6 @@ import importlib.util
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -38,10 +37,10 @@ from ..runtime.output_paths import check_outputs, image_inputs, rebase_image_cel
 from ..runtime.output_paths import files_read as run_files_read
 from ..runtime.progress import BarProgress, Progress, without_monitor_thread
 from ..runtime.staging import StagedOutputs, staged_outputs
+from .settings import RunSettings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
 SUMMARY_TOP = 10  # rows looked at in the summary's count, without --remove_top
 Labelled = List[Tuple[str, Path]]  # (what a file is, its path), for messages
@@ -68,41 +67,16 @@ SPREAD_MODULES = ("scipy.stats",)  # the summary's t-interval, with several tria
 TILE_MODULES = ("PIL.ImageDraw", "PIL.ImageFont")
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """Where a plugin run reads and writes (not how it scores, nor where it computes)."""
-
-    model: Path
-    input_train: Path
-    input_val: Path
-    output: Path
-    kind: str  # "image" or "tabular"
-    step_log: bool = False
-    encoding: Optional[str] = None  # of both input CSVs; None: detected (UTF-8 or cp932)
-    remove_top: int = 0  # > 0: also write the training CSV without that many harmful rows
-    tile: int = 0  # > 0: also draw that many of the most harmful images (image plugin)
-    tile_helpful: bool = False  # ... and as many of the most helpful
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise InfluenceError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        for name in ("remove_top", "tile"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InfluenceError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
-        if self.tile and self.kind != "image":
-            raise InfluenceError("tile draws images: it is for the image plugin")
-
-    def outputs(self) -> Labelled:
-        """Every file the run writes, each checked against what it reads before any work."""
-        paths = [("output", Path(self.output))]
-        if self.step_log:
-            paths.append(("step log", step_log_path(self.output)))
-        if self.remove_top:
-            paths.append(("cleansed CSV", cleansed_path(self.output)))
-        if self.tile:
-            paths.append(("tile", tile_path(self.output)))
-        return paths
+def planned_outputs(settings: RunSettings) -> Labelled:
+    """Every file the run writes, each checked against what it reads before any work."""
+    paths = [("output", Path(settings.output))]
+    if settings.step_log:
+        paths.append(("step log", step_log_path(settings.output)))
+    if settings.remove_top:
+        paths.append(("cleansed CSV", cleansed_path(settings.output)))
+    if settings.tile:
+        paths.append(("tile", tile_path(settings.output)))
+    return paths
 
 
 def run(
@@ -217,7 +191,7 @@ def load_inputs(
         check_leaves_rows(settings.remove_top, len(train))
     if settings.tile:
         check_within_rows("tile", settings.tile, len(train), least=1)
-    check_outputs(settings.outputs(), files_read(settings, context_file, train, val))
+    check_outputs(planned_outputs(settings), files_read(settings, context_file, train, val))
     return model, train, val
 
 
@@ -228,7 +202,7 @@ def check_settings(settings: RunSettings, context_file: Optional[Path] = None) -
     for label, path in read[:3]:
         if not Path(path).is_file():
             raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {excerpt_path(path)}")
-    check_outputs(settings.outputs(), read)
+    check_outputs(planned_outputs(settings), read)
     if settings.encoding is not None:
         check_encoding(settings.encoding)
     if _same_file(settings.input_train, settings.input_val):
@@ -286,7 +260,7 @@ def _describe(layers: List, model: NnpModel) -> str:
 def write_outputs(settings: RunSettings, train: Dataset, result: InfluenceResult) -> List[Path]:
     """The ranking and what the options ask for (step log, cleansed CSV, tile), renamed into
     place together once all are complete. Counts and paths were checked before training."""
-    written = [path for _, path in settings.outputs()]
+    written = [path for _, path in planned_outputs(settings)]
     ranking = result.ranking()
     with staged_outputs() as outputs:
         write_ranking(settings, train, result, outputs)
