@@ -1,8 +1,9 @@
 """One run of a plugin: check the inputs, score every training row, write the outputs.
 
 Everything that can be checked is checked before training starts, so that a bad file or
-argument costs seconds, not a retraining: the settings and every output path first, then the
-model and both datasets, then the outputs again against every image the datasets name. The
+argument costs seconds, not a retraining: each setting as it is made, then where the run
+computes and keeps its temporary files (its :class:`.execution.runner.Execution`), every output
+path, the model and both datasets, then the outputs again against every image they name. The
 scoring itself is :func:`.execution.runner.run_influence`, as for the Python API. All outputs
 (the ranking, the step log, the cleansed CSV, the tile) are staged and renamed into place
 together, or not at all.
