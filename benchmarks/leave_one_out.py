@@ -164,7 +164,7 @@ def main(argv: List[str] = None) -> int:
                 plain = "-"
                 if case.compare_plain_sgd:
                     other = agreement_with_leave_one_out(
-                        model, train, val, model_solver=False, **common
+                        model, train, val, retrace_as_sgd=True, **common
                     )
                     plain = f"{other.tau:.3f}"
                 line = (

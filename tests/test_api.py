@@ -83,6 +83,51 @@ def test_run_trials_is_the_lower_level_entry(cancer, tmp_path):
     assert list(tmp_path.iterdir()) == []  # each trial's folder is removed
 
 
+class Rows:
+    """Training or validation rows that are not a Dataset: only len() and batch(rows)."""
+
+    def __init__(self, dataset) -> None:
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def batch(self, rows):
+        return self._dataset.batch(rows)
+
+
+def test_any_rows_with_len_and_batch_are_scored_but_not_written_back(cancer, tmp_path):
+    model_path, train_path, val_path = cancer
+    model = load_model(model_path)
+    train = load_dataset(train_path, model.data_variables)
+    val = load_dataset(val_path, model.data_variables, role="input-val")
+    result = compute_influence(model, Rows(train), Rows(val), progress=False)
+    np.testing.assert_array_equal(result.scores, compute_influence(*cancer, progress=False).scores)
+    assert result.images_read == () and result.files_read == (("the model file", str(model_path)),)
+    with pytest.raises(InfluenceError, match="not read from a CSV"):
+        result.write_cleansed_csv(tmp_path / "clean.csv", 1)
+
+
+def test_rows_that_only_look_like_a_dataset_are_not_written_back(cancer, tmp_path):
+    """A cleansed CSV needs a Dataset (its records, header and encoding), not an object that
+    merely has some of its attributes."""
+    model_path, train_path, _ = cancer
+    train = load_dataset(train_path, load_model(model_path).data_variables)
+    look_alike = Rows(train)
+    look_alike.csv_format = train.csv_format
+    result = nnabla_sgd_influence.InfluenceResult(
+        scores=np.zeros(len(train)),
+        per_trial=np.zeros((1, len(train))),
+        seeds=[0],
+        validation_losses=np.zeros(1),
+        hvp_method="autodiff",
+        dataset=look_alike,
+    )
+    with pytest.raises(InfluenceError, match="not read from a CSV"):
+        result.write_cleansed_csv(tmp_path / "clean.csv", 1)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -283,3 +328,26 @@ def test_inputs_of_the_wrong_type_are_refused_before_any_work(cancer, monkeypatc
     message = str(caught.value)
     assert message.startswith(f"{position} must be the path of {kind}"), message
     assert message.endswith("None" if value is None else repr(value)) and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"workers": 2.5}, "workers must be a positive integer, got 2.5"),
+        ({"workers": True}, "workers must be a positive integer, got True"),
+        ({"context": "gpu"}, "unknown context 'gpu'"),
+        ({"temp_dir": 5}, "temp_dir must be the path of a folder"),
+    ],
+)
+def test_how_to_run_is_checked_before_any_input_is_read(cancer, monkeypatch, options, message):
+    """A workers count that is not a whole number is refused, not rounded, and before the
+    model and the CSVs are read."""
+    from nnabla_sgd_influence import api
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("an input was loaded")
+
+    monkeypatch.setattr(api, "load_model", no_loading)
+    monkeypatch.setattr(api, "load_dataset", no_loading)
+    with pytest.raises(InfluenceError, match=re.escape(message)):
+        compute_influence(*cancer, n_trials=2, **options)

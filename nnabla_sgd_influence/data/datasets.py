@@ -13,7 +13,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,18 @@ from .csvfile import CsvFormat, read_table
 from .images import IMAGE_EXTENSIONS, Locator, decode_images, image_paths, image_shape
 
 log = logging.getLogger(__name__)
+
+Batch = Dict[str, np.ndarray]  # variable name -> float32 values of the rows asked for
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """What retraining and the retrace need of a dataset: its number of rows and the arrays
+    of any rows. A :class:`Dataset` is one; so is any object with these two methods."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, rows: np.ndarray) -> Batch: ...
 
 
 @dataclass
@@ -46,7 +58,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.table)
 
-    def batch(self, rows: np.ndarray) -> Dict[str, np.ndarray]:
+    def batch(self, rows: np.ndarray) -> Batch:
         """Arrays for the data rows ``rows`` (0-based, in that order), by variable name.
 
         Each array is float32 of shape ``(len(rows), *DataVariable.shape)``; images are divided

@@ -13,6 +13,7 @@ from typing import List, Sequence
 
 import numpy as np
 
+from .datasets import Dataset
 from .ranking_csv import staged
 
 MIN_CELL = 84  # pixels of the shorter side of each image, at least
@@ -44,7 +45,9 @@ def caption(row: int, label: str, score: float) -> str:
     return f"row {row}  y={label}\n{score:.2e}"
 
 
-def sections_for(dataset, scores: np.ndarray, ranking: np.ndarray, k: int, helpful: bool):
+def sections_for(
+    dataset: Dataset, scores: np.ndarray, ranking: np.ndarray, k: int, helpful: bool
+) -> List[Section]:
     """The harmful section (and the helpful one) of ``dataset`` for a result's ranking."""
     labels = dataset.label_texts()
     chosen = [("most harmful (most negative influence first)", ranking[:k], _HARMFUL)]
@@ -102,6 +105,23 @@ def _to_picture(pixels: np.ndarray):
         pixels = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
     mode = {2: "L"}.get(pixels.ndim, "RGBA" if pixels.shape[-1] == 4 else "RGB")
     return Image.fromarray(pixels, mode=mode).convert("RGB")
+
+
+def write_ranked_tile(
+    path: Path,
+    dataset: Dataset,
+    scores: np.ndarray,
+    ranking: np.ndarray,
+    k: int,
+    helpful: bool,
+    n_trials: int,
+    outputs=None,
+) -> None:
+    """The tile of a ranking of ``dataset``'s rows: its ``k`` most harmful images (and ``k``
+    most helpful), titled with the file and the trials (staged in ``outputs`` when given)."""
+    sections = sections_for(dataset, scores, ranking, k, helpful)
+    title = f"{Path(dataset.path).name}: SGD-Influence over {n_trials} trial(s)"
+    write_tile(Path(path), title, sections, outputs)
 
 
 def write_tile(path: Path, title: str, sections: Sequence[Section], outputs=None) -> None:

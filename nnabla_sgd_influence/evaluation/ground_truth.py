@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..data.datasets import Batches
 from ..influence.graphs import GraphCache
 from ..influence.parameters import ParameterSet
 from ..influence.training import TrainingRun, retrain
@@ -21,7 +22,16 @@ from ..nnp.model import NnpModel
 class LeaveOneOut:
     """Retrains ``model`` on ``train`` and measures the mean loss on ``val`` afterwards."""
 
-    def __init__(self, model: NnpModel, train, val, *, batch_size: int, seed: int, epochs: int):
+    def __init__(
+        self,
+        model: NnpModel,
+        train: Batches,
+        val: Batches,
+        *,
+        batch_size: int,
+        seed: int,
+        epochs: int,
+    ) -> None:
         self.model = model
         self.train = train
         self.batch_size = batch_size

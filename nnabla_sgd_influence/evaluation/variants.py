@@ -7,6 +7,7 @@ from typing import Dict
 
 import numpy as np
 
+from ..data.datasets import Batches
 from ..influence.graphs import GraphCache
 from ..influence.parameters import ParameterSet
 from ..influence.training import retrain
@@ -44,7 +45,9 @@ def reinitialized(model: NnpModel, seed: int) -> NnpModel:
     return dataclasses.replace(model, parameters=parameters, solver=solver)
 
 
-def trained_further(model: NnpModel, train, *, batch_size: int, seed: int, epochs: int) -> NnpModel:
+def trained_further(
+    model: NnpModel, train: Batches, *, batch_size: int, seed: int, epochs: int
+) -> NnpModel:
     """``model`` after ``epochs`` more epochs of its solver, carrying that solver's state."""
     params = ParameterSet(model)
     run = retrain(

@@ -7,4 +7,5 @@ scores are the same bytes however the work was spread.
 * :mod:`.device`: the compute context, CPU or cuDNN (``--context``, or NNC's ``net.nntxt``);
 * :mod:`.workers`: the trials in local worker processes, with signals and deaths handled;
 * :mod:`.mpi`: the trials, or each step's batch, split over MPI ranks that stop together.
+* :mod:`.runner`: the :class:`~.runner.Execution` chosen once, and every trial run on it.
 """

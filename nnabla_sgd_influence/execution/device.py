@@ -4,12 +4,14 @@ The choice comes from, in this order: the ``--context`` option; the ``global_con
 ``net.nntxt`` in the working folder (NNC runs plugins from the training result folder, and that
 file records the context the model was trained with); otherwise the CPU. A GPU context without
 the ``nnabla-ext-cuda`` package is an error, never a silent fallback to the CPU.
+:func:`resolve_device` makes the choice once per run, as a :class:`Device`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -17,7 +19,6 @@ from ..errors import InfluenceError, excerpt_path
 
 log = logging.getLogger(__name__)
 
-CONTEXTS = ("cpu", "cudnn")
 NNTXT_NAME = "net.nntxt"
 _MISSING_CUDA = (
     "context 'cudnn' needs the nnabla-ext-cuda package matching your CUDA "
@@ -25,13 +26,28 @@ _MISSING_CUDA = (
 )
 
 
+@dataclass(frozen=True)
+class Device:
+    """Where a run computes, chosen once: the context's name, the device, why, and the
+    nnabla context itself."""
+
+    name: str  # "cpu" or "cudnn"
+    device_id: str
+    source: str  # what chose it: "--context", "default", or the path of the net.nntxt
+    context_file: Optional[Path]  # the net.nntxt looked at (no --context), whether or not it exists
+    context: object  # nnabla's Context
+
+    def describe(self) -> str:
+        """The run's log line about it."""
+        if self.name == "cudnn":
+            return f"context: cudnn on device {self.device_id} (chosen by {self.source})"
+        return f"context: cpu (chosen by {self.source})"
+
+
 def choose_context(requested: Optional[str], folder: Optional[Path] = None) -> Tuple[str, str]:
-    """Return the context name (``cpu`` or ``cudnn``) and where the choice came from."""
+    """Return the context name (``cpu`` or ``cudnn``) and where the choice came from;
+    ``requested`` is one of :data:`..arguments.CONTEXTS` or None."""
     if requested is not None:
-        if requested not in CONTEXTS:
-            raise InfluenceError(
-                f"unknown context '{requested}' (choose one of: {', '.join(CONTEXTS)})"
-            )
         return requested, "--context"
     nntxt = Path.cwd() / NNTXT_NAME if folder is None else folder / NNTXT_NAME
     from_file = context_of_nntxt(nntxt)
@@ -110,13 +126,12 @@ def _top_level_key(text: str, key: str) -> Optional[int]:
 
 
 def create_context(name: str, device_id: Optional[str] = "0") -> object:
-    """The nnabla context ``name`` on ``device_id`` (nnabla's default context is left alone).
+    """The nnabla context ``name`` (``cpu`` or ``cudnn``) on ``device_id`` (nnabla's default
+    context is left alone).
 
     For ``cudnn``, ``NNABLA_CUDNN_DETERMINISTIC`` is set (unless the user set it) so that
     the same seed gives the same scores on the GPU too.
     """
-    if name not in CONTEXTS:
-        raise InfluenceError(f"unknown context '{name}' (choose one of: {', '.join(CONTEXTS)})")
     if name == "cudnn":
         os.environ.setdefault("NNABLA_CUDNN_DETERMINISTIC", "1")
         _require_cuda_extension()
@@ -135,26 +150,20 @@ def _require_cuda_extension() -> None:
         raise InfluenceError(_MISSING_CUDA) from None
 
 
-def resolve_context(
-    requested: Optional[str], device_id: Optional[str] = "0"
-) -> Tuple[object, str, str]:
-    """(context, its name, where the choice came from), or an error naming what is missing."""
-    name, source = choose_context(requested)
+def resolve_device(
+    requested: Optional[str], device_id: str = "0", folder: Optional[Path] = None
+) -> Device:
+    """The :class:`Device` of ``requested`` (see the module docstring; ``folder``: where to
+    look for ``net.nntxt``, the working folder by default), or an error naming what is
+    missing."""
+    name, source = choose_context(requested, folder)
     try:
-        return create_context(name, device_id), name, source
+        context = create_context(name, device_id)
     except InfluenceError as error:
         if source in ("--context", "default"):
             raise
         raise InfluenceError(
             f"{error}; {excerpt_path(source)} asks for it (override: --context cpu)"
         ) from None
-
-
-def select_context(requested: Optional[str], device_id: Optional[str] = "0") -> object:
-    """Choose the context (see the module docstring), log the choice and return it."""
-    context, name, source = resolve_context(requested, device_id)
-    if name == "cudnn":
-        log.info("context: cudnn on device %s (chosen by %s)", device_id, source)
-    else:
-        log.info("context: cpu (chosen by %s)", source)
-    return context
+    looked_at = None if requested is not None else (folder or Path.cwd()) / NNTXT_NAME
+    return Device(name, str(device_id), source, looked_at, context)

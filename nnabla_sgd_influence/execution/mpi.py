@@ -9,7 +9,9 @@ retrace; the batch gradient and the Hessian-vector sum are summed over the ranks
 ``<v, g_j>`` stays on its rank and the scores are summed at the end. That equals one process
 up to float32 rounding (the sums run in another order).
 
-Rank 0 alone checks the inputs and hands them to the others. mpi4py is an optional extra:
+Rank 0 alone checks the inputs and hands them to the others (:func:`loaded_on_rank_0`).
+:func:`launched` tells from the environment whether a launcher started this process, without
+importing anything (the plugins ask before numpy is loaded). mpi4py is an optional extra:
 without it, or outside ``mpirun``, nothing changes (a run under ``mpirun`` without mpi4py runs
 on rank 0 alone and says so). Sums are reduced to rank 0 and broadcast back, so that every rank
 carries exactly the same adjoint. NNabla's own communicators need its CUDA extension and NCCL
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import array
 import atexit
+import dataclasses
 import logging
 import os
 import pickle
@@ -46,11 +49,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from ..errors import RunStopped, chain, closing_line, one_line
-from ..plugin.environment import launched
 from ..runtime import signals
+
+if TYPE_CHECKING:  # numpy and nnabla are not loaded before a run needs them
+    from ..arguments import InfluenceArguments
+    from ..data.datasets import Batch, Batches
+    from ..influence.hvp import PassResult, StepPass
+    from ..influence.results import InfluenceResult
+    from ..nnp.model import NnpModel
+    from ..runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +71,28 @@ PAUSES = (1e-5, 5e-3)  # a wait polls its transfer with pauses doubling from the
 # Tags of the messages between ranks (on COMM_WORLD; collectives never match a tag)
 PEER_TAG, FOLDER_TAG, STOP_TAG, RESULT_TAG = 7101, 7102, 7103, 7104
 _world: Optional[World] = None
+Loaded = TypeVar("Loaded")
+# What the common launchers put in each rank's environment: (size, rank, local rank).
+_LAUNCHER_VARIABLES = (
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),  # Open MPI
+    ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),  # MPICH, Intel MPI, MS-MPI
+    ("PMIX_SIZE", "PMIX_RANK", "PMIX_LOCAL_RANK"),
+)
+
+
+def launched() -> Tuple[int, int, int]:
+    """(size, rank, local rank) that an MPI launcher gave this process; (1, 0, 0) if none."""
+    for size, rank, local in _LAUNCHER_VARIABLES:
+        if size in os.environ:
+            try:
+                return (
+                    int(os.environ[size]),
+                    int(os.environ.get(rank, "0")),
+                    int(os.environ.get(local, os.environ.get(rank, "0"))),
+                )
+            except ValueError:
+                continue
+    return 1, 0, 0
 
 
 @dataclass(frozen=True)
@@ -170,7 +202,7 @@ class World:
             raise stop.error()
         signals.checkpoint()
 
-    def sharded(self, step_pass) -> ShardedPass:
+    def sharded(self, step_pass: StepPass) -> ShardedPass:
         """``step_pass`` over this rank's share of each batch, its sums over all ranks."""
         return ShardedPass(step_pass, self)
 
@@ -324,6 +356,19 @@ def world() -> Optional[World]:
     return _world
 
 
+def loaded_on_rank_0(world: Optional[World], load: Callable[[], Loaded]) -> Loaded:
+    """What ``load()`` returns (the inputs, checked), computed by rank 0 alone and handed to
+    every other rank, which waits for it; without MPI, ``load()``.
+
+    If rank 0 stops instead, the others hear it while they wait (see :meth:`World.settle`).
+    """
+    if world is None:
+        return load()
+    if world.rank == 0:
+        return world.share(load())
+    return world.share()
+
+
 def host_identity() -> str:
     """This machine (and process-id namespace): a rank's process id means something only
     to ranks with the same identity."""
@@ -368,14 +413,14 @@ def splits_batches(model, n_trials: int, size: int) -> bool:
 
 
 class ShardedPass:
-    """A step pass over this rank's share of each batch, summed over the ranks.
+    """A :class:`..influence.hvp.StepPass` over this rank's share of each batch, summed over the ranks.
 
     ``__call__``/``prepare``/``finish`` keep the single-process signatures: ``<v, g_j>`` comes
     back for the whole batch, zero where a row is another rank's, and the sums (batch gradient,
     ``sum_i H_i v``) are the whole batch's.
     """
 
-    def __init__(self, inner, world: World) -> None:
+    def __init__(self, inner: StepPass, world: World) -> None:
         import numpy as np
 
         self.inner = inner
@@ -384,14 +429,18 @@ class ShardedPass:
         self._rows = np.zeros(0, dtype=np.intp)
         self._size = 0
 
-    def _share(self, batch):
+    @property
+    def parameter_shapes(self) -> List[Tuple[int, ...]]:
+        return self.inner.parameter_shapes
+
+    def _share(self, batch: Batch) -> Batch:
         import numpy as np
 
         self._size = len(next(iter(batch.values())))
         self._rows = np.array_split(np.arange(self._size), self.world.size)[self.world.rank]
         return {name: values[self._rows] for name, values in batch.items()}
 
-    def __call__(self, batch, v):
+    def __call__(self, batch: Batch, v: Sequence) -> PassResult:
         import numpy as np
 
         share = self._share(batch)
@@ -399,24 +448,28 @@ class ShardedPass:
             return self._whole(*self.inner(share, v))
         return self._whole(np.zeros(0), [np.zeros(np.shape(a)) for a in v])
 
-    def prepare(self, batch) -> List:
+    def prepare(self, batch: Batch) -> List:
         import numpy as np
 
         share = self._share(batch)
         if len(self._rows):
             gradient = self.inner.prepare(share)
         else:
-            gradient = [np.zeros(shape) for shape in self.inner.graphs.params.shapes]
+            gradient = [np.zeros(shape) for shape in self.inner.parameter_shapes]
         return self.world.sum(gradient)
 
-    def finish(self, v):
+    def finish(self, v: Sequence) -> PassResult:
         import numpy as np
 
         if len(self._rows):
             return self._whole(*self.inner.finish(v))
         return self._whole(np.zeros(0), [np.zeros(np.shape(a)) for a in v])
 
-    def _whole(self, local_dots, hv: List):
+    def first_non_finite_layer(self, batch: Batch, v: Sequence) -> str:
+        """The inner pass's search, on the whole batch (it only runs once a step failed)."""
+        return self.inner.first_non_finite_layer(batch, v)
+
+    def _whole(self, local_dots, hv: List) -> PassResult:
         import numpy as np
 
         dots = np.zeros(self._size)
@@ -425,16 +478,16 @@ class ShardedPass:
 
 
 def run_trials_over_mpi(
-    model,
-    train,
-    val,
-    arguments,
+    model: NnpModel,
+    train: Batches,
+    val: Batches,
+    arguments: InfluenceArguments,
     folder: Path,
     world: World,
     *,
     keep_temp: bool = False,
-    progress=None,
-):
+    progress: Optional[Progress] = None,
+) -> Optional[InfluenceResult]:
     """Every trial over the ranks (see the module docstring); the averaged result on rank 0,
     None on the others.
 
@@ -452,26 +505,22 @@ def run_trials_over_mpi(
 
 
 def _run_trials(model, train, val, arguments, folder, world, keep_temp, progress):
-    from ..influence.trials import average_trials, trial_in_folder
+    from ..influence.trials import Trials, average_trials
     from ..runtime.progress import SILENT
 
     progress = SILENT if progress is None or world.rank != 0 else progress
+    trials = Trials(model, train, val, arguments, folder, keep_temp, progress)
     if splits_batches(model, arguments.n_trials, world.size):
-        trials = [
-            trial_in_folder(model, train, val, arguments, i, folder, keep_temp, progress, world)
-            for i in range(arguments.n_trials)
-        ]
-        return average_trials(trials, train) if world.rank == 0 else None
+        shared = dataclasses.replace(trials, shard=world)
+        done = [shared.run(index) for index in range(arguments.n_trials)]
+        return average_trials(done, train) if world.rank == 0 else None
     mine = range(world.rank, arguments.n_trials, world.size)
     if not mine:
         log.info("rank %d has no trial to run (%d trials)", world.rank, arguments.n_trials)
-    done = {
-        i: trial_in_folder(model, train, val, arguments, i, folder, keep_temp, progress)
-        for i in mine
-    }
+    results = {index: trials.run(index) for index in mine}
     if world.rank != 0:
-        world.send(done, 0, RESULT_TAG)
+        world.send(results, 0, RESULT_TAG)
         return None
     for rank in range(1, world.size):
-        done.update(world.receive(rank, RESULT_TAG))
-    return average_trials([done[i] for i in range(arguments.n_trials)], train)
+        results.update(world.receive(rank, RESULT_TAG))
+    return average_trials([results[i] for i in range(arguments.n_trials)], train)

@@ -28,6 +28,7 @@ reports each step and sends the trial's result back. How the ends are kept clean
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -45,7 +46,10 @@ from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoint, handled_signals
 
 if TYPE_CHECKING:  # numpy is not needed before a worker's first line
+    from ..data.datasets import Batches
     from ..influence.results import InfluenceResult
+    from ..influence.trials import Trials
+    from ..nnp.model import NnpModel
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +100,8 @@ def units_of_trial(n_train: int, n_val: int, arguments: InfluenceArguments) -> i
 class _Work:
     """What every worker needs, read once from the inputs file when it starts."""
 
-    model: object
-    train: object
-    val: object
-    arguments: InfluenceArguments
-    folder: Path
-    keep_temp: bool
-    context: Tuple[str, str]  # (name, device id)
+    trials: Trials
+    device: Tuple[str, str]  # (context name, device id) of the run's Device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,10 +198,10 @@ def _serve(inputs: Path, link: _Link) -> None:
         work: _Work = pickle.load(stream)
     import nnabla as nn
 
-    from ..influence.trials import trial_in_folder
     from .device import create_context
 
-    scope = nn.context_scope(create_context(*work.context))
+    scope = nn.context_scope(create_context(*work.device))
+    trials = dataclasses.replace(work.trials, progress=_PipeProgress(link))
     link.send(("ready",))
     with scope:
         while True:
@@ -210,16 +209,7 @@ def _serve(inputs: Path, link: _Link) -> None:
             if index is None:
                 return
             try:
-                result = trial_in_folder(
-                    work.model,
-                    work.train,
-                    work.val,
-                    work.arguments,
-                    index,
-                    work.folder,
-                    keep_temp=work.keep_temp,
-                    progress=_PipeProgress(link),
-                )
+                result = trials.run(index)
             except _ParentGone:
                 raise
             except BaseException as error:  # noqa: BLE001 - told to the parent
@@ -310,22 +300,24 @@ class _Worker:
 
 
 def run_trials_in_processes(
-    model,
-    train,
-    val,
+    model: NnpModel,
+    train: Batches,
+    val: Batches,
     arguments: InfluenceArguments,
     folder: Path,
     *,
     workers: int,
-    context: Tuple[str, str] = ("cpu", "0"),
+    device: Tuple[str, str] = ("cpu", "0"),
     keep_temp: bool = False,
     progress: Progress = SILENT,
 ) -> InfluenceResult:
-    """Every trial of ``arguments`` in ``workers`` processes; scores averaged in trial order."""
-    from ..influence.trials import average_trials
+    """Every trial of ``arguments`` in ``workers`` processes, each computing on ``device``
+    (context name, device id); scores averaged in trial order."""
+    from ..influence.trials import Trials, average_trials
 
     folder = Path(folder)
-    inputs = write_inputs(_Work(model, train, val, arguments, folder, keep_temp, context), folder)
+    trials = Trials(model, train, val, arguments, folder, keep_temp)
+    inputs = write_inputs(_Work(trials, device), folder)
     total = arguments.n_trials * units_of_trial(len(train), len(val), arguments)
     display = iter(
         progress.track(range(total), f"{arguments.n_trials} trials on {workers} workers")

@@ -12,5 +12,6 @@ validation loss, per trial and averaged (:class:`~.results.InfluenceResult`).
 * :mod:`.second_order`: the layers that pass builds itself (equivalents, logits, CPU kernels);
 * :mod:`.retrace`: the steps walked backwards, each row's influence accumulated;
 * :mod:`.trials`: one trial, and every trial averaged;
+* :mod:`.spread`: how sure each score is (its spread over the trials) and the summary's counts;
 * :mod:`.results`: the scores in the training CSV's row order, the ranking and its writers.
 """

@@ -187,8 +187,6 @@ def build_network(
     """
     import nnabla as nn
 
-    if batch_size < 1:
-        raise InfluenceError(f"batch size must be at least 1, got {batch_size}")
     name = model.train_network if training else model.eval_network
     network = model.network(name)
     shapes = {v.name: tuple(int(d) for d in v.shape.dim) for v in network.variable}

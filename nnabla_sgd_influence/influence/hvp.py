@@ -7,18 +7,20 @@ w_i (all ones), let L = sum_i w_i l_i, G = dL/dtheta and s = <v, G>. One backwar
 
 for every row at once (:class:`AutodiffPass`). Layers whose backward nnabla cannot differentiate
 again get :class:`FiniteDifferencePass`, which needs first-order gradients only:
-central differences of the row losses and of the batch gradient along v.
+central differences of the row losses and of the batch gradient along v. Both are a
+:class:`StepPass`, what the retrace calls, as is an MPI rank's share of one
+(:class:`..execution.mpi.ShardedPass`).
 :func:`per_row_reference` is the plain loop over rows that both replace (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
-from ..arguments import HVP_METHODS
+from ..data.datasets import Batch
 from ..errors import InfluenceError, excerpt, excerpt_path
 from .graphs import (
     GraphCache,
@@ -32,6 +34,33 @@ from .second_order import SecondOrderLayers, passing_interrupts
 log = logging.getLogger(__name__)
 
 PassResult = Tuple[np.ndarray, List[np.ndarray]]  # (<v, g_i> per row, sum_i H_i v)
+
+
+class StepPass(Protocol):
+    """What the retrace needs of one step: for a batch and a direction v over the trainable
+    parameters, ``<v, g_i>`` per row and ``sum_i H_i v``.
+
+    Either at once (``pass(batch, v)``), or in two halves for solvers whose direction depends
+    on the batch gradient: ``prepare(batch)`` returns ``sum_i g_i``, then ``finish(v)``.
+    """
+
+    name: str  # "autodiff" or "finite-difference", as the result reports it
+
+    def __call__(self, batch: Batch, v: Sequence[np.ndarray]) -> PassResult: ...
+
+    def prepare(self, batch: Batch) -> List[np.ndarray]: ...
+
+    def finish(self, v: Sequence[np.ndarray]) -> PassResult: ...
+
+    @property
+    def parameter_shapes(self) -> List[Tuple[int, ...]]:
+        """The shape of each trainable parameter, in the order of v and of the sums."""
+        ...
+
+    def first_non_finite_layer(self, batch: Batch, v: Sequence[np.ndarray]) -> str:
+        """Where the pass first turns non-finite on ``batch`` along ``v``, as the end of a
+        sentence ("in the backward of layer 'X' (Type)"), or "" when it cannot tell."""
+        ...
 
 
 class AutodiffPass:
@@ -49,11 +78,15 @@ class AutodiffPass:
         self.fast_layers = fast_layers
         self._current: Optional[SecondOrderGraph] = None
 
-    def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
+    @property
+    def parameter_shapes(self) -> List[Tuple[int, ...]]:
+        return self.graphs.params.shapes
+
+    def __call__(self, batch: Batch, v: Sequence[np.ndarray]) -> PassResult:
         self.prepare(batch)
         return self.finish(v)
 
-    def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    def prepare(self, batch: Batch) -> List[np.ndarray]:
         """Forward pass on ``batch``; returns the batch gradient sum_i g_i (a by-product)."""
         graph = self._current = self.graphs.second_order(_batch_size(batch), self.fast_layers)
         graph.feed(batch)
@@ -79,6 +112,10 @@ class AutodiffPass:
             graph.directional.backward(clear_buffer=True)
         return graph.weights.g.astype(np.float64), self.graphs.params.gradients()
 
+    def first_non_finite_layer(self, batch: Batch, v: Sequence[np.ndarray]) -> str:
+        """See :func:`where_not_finite`."""
+        return where_not_finite(self.graphs, batch, v, self.fast_layers)
+
 
 class FiniteDifferencePass:
     """Central differences along v at theta +/- eps*v, with first-order gradients only.
@@ -99,12 +136,16 @@ class FiniteDifferencePass:
         self.gradient_step = gradient_step
         self._current = None
 
-    def __call__(self, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> PassResult:
+    @property
+    def parameter_shapes(self) -> List[Tuple[int, ...]]:
+        return self.params.shapes
+
+    def __call__(self, batch: Batch, v: Sequence[np.ndarray]) -> PassResult:
         self._current = self.graphs.loss(_batch_size(batch), training=True)
         self._current.feed(batch)
         return self.finish(v)
 
-    def prepare(self, batch: Dict[str, np.ndarray]) -> List[np.ndarray]:
+    def prepare(self, batch: Batch) -> List[np.ndarray]:
         """Feed ``batch``; returns the batch gradient sum_i g_i at theta."""
         graph = self._current = self.graphs.loss(_batch_size(batch), training=True)
         graph.feed(batch)
@@ -142,15 +183,19 @@ class FiniteDifferencePass:
         graph.sum_loss.backward(clear_buffer=True)
         return losses, self.params.gradients()
 
+    def first_non_finite_layer(self, batch: Batch, v: Sequence[np.ndarray]) -> str:
+        """ "": the differences run every layer's first-order code only, at theta +/- eps*v,
+        so no layer's second order is to blame."""
+        return ""
+
 
 def _norm(arrays: Sequence[np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays)))
 
 
-def create_pass(graphs: GraphCache, method: str = "auto"):
-    """The pass for ``method``: ``auto`` is autodiff unless nnabla cannot differentiate twice."""
-    if method not in HVP_METHODS:
-        raise InfluenceError(f"hvp method must be one of {', '.join(HVP_METHODS)}, got '{method}'")
+def create_pass(graphs: GraphCache, method: str = "auto") -> StepPass:
+    """The pass for ``method`` (one of :data:`..arguments.HVP_METHODS`): ``auto`` is autodiff
+    unless nnabla cannot differentiate twice."""
     if method == "finite-difference":
         return FiniteDifferencePass(graphs)
     autodiff = AutodiffPass(graphs)
@@ -193,15 +238,14 @@ def _second_order_problem(autodiff: AutodiffPass) -> Optional[str]:
     return None
 
 
-def where_not_finite(step_pass, batch: Dict[str, np.ndarray], v: Sequence[np.ndarray]) -> str:
-    """Where the autodiff ``step_pass`` first turns non-finite on ``batch`` along ``v``, as the
-    end of a sentence: "in the forward of layer 'X' (Type)", "in the backward of ...", "in the
-    second-order backward of ..."; "" when no layer is found. The pass's graph is rebuilt with
-    every value kept (only when something went wrong: it costs a pass and a graph).
+def where_not_finite(
+    graphs: GraphCache, batch: Batch, v: Sequence[np.ndarray], fast_layers: bool = True
+) -> str:
+    """Where the autodiff pass on ``graphs`` first turns non-finite on ``batch`` along ``v``,
+    as the end of a sentence: "in the forward of layer 'X' (Type)", "in the backward of ...",
+    "in the second-order backward of ..."; "" when no layer is found. The pass's graph is
+    rebuilt with every value kept (only when something went wrong: it costs a pass and a graph).
     """
-    inner = getattr(step_pass, "inner", step_pass)  # an MPI rank's pass: its own graphs
-    graphs = inner.graphs
-    fast_layers = getattr(inner, "fast_layers", True)
     with graphs.params.preserved(), SecondOrderLayers(enabled=fast_layers) as layers:
         return _first_non_finite_layer(graphs, batch, v, layers.build)
 
@@ -267,7 +311,7 @@ def _scan(functions, values: Dict[str, object], read, forward: bool) -> str:
 
 def per_row_reference(
     graphs: GraphCache,
-    batch: Dict[str, np.ndarray],
+    batch: Batch,
     v: Sequence[np.ndarray],
     fast_layers: bool = True,
 ) -> PassResult:
@@ -302,5 +346,5 @@ def per_row_reference(
     return dots, hv
 
 
-def _batch_size(batch: Dict[str, np.ndarray]) -> int:
+def _batch_size(batch: Batch) -> int:
     return len(next(iter(batch.values())))

@@ -6,6 +6,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from ..data.datasets import Batches
 from ..errors import InfluenceError
 from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoints
@@ -13,7 +14,7 @@ from .graphs import GraphCache
 
 
 def validation_gradient(
-    graphs: GraphCache, val, batch_size: int, progress: Progress = SILENT
+    graphs: GraphCache, val: Batches, batch_size: int, progress: Progress = SILENT
 ) -> Tuple[List[np.ndarray], float]:
     """u = d/dtheta of the mean loss over every validation row, and that mean loss.
 

@@ -15,9 +15,13 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..data.cleansed_csv import check_remove_top, write_cleansed_csv
+from ..data.datasets import Batches, Dataset
 from ..data.ranking_csv import ranking
+from ..data.tile import write_ranked_tile
 from ..errors import InfluenceError, excerpt
 from ..runtime.output_paths import check_outputs, image_inputs
+from .spread import Counts, count_rows, influence_std
 
 Labelled = Tuple[Tuple[str, str], ...]  # (what a file is, its path)
 ImagesRead = Tuple[Tuple[str, Sequence[str]], ...]  # (role, the path of each row's image)
@@ -28,6 +32,11 @@ def check_row_count(name: str, k: object, rows: int, least: int = 0) -> None:
     count beyond the rows is an error, never quietly cut to what there is."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
         raise InfluenceError(f"{name} must be an integer, got {excerpt(repr(k))}")
+    check_within_rows(name, k, rows, least)
+
+
+def check_within_rows(name: str, k: int, rows: int, least: int = 0) -> None:
+    """Refuse a count of rows ``k`` (an integer) outside ``least`` to ``rows``."""
     if not least <= k <= rows:
         raise InfluenceError(
             f"{name} must be from {least} to {rows} (the training rows), got {int(k)}"
@@ -49,15 +58,14 @@ class InfluenceResult:
     hvp_method: str  # "autodiff" or "finite-difference"
     steps: List = field(default_factory=list, repr=False)  # trial 1's training.Step records
     stored_bytes: int = 0  # what trial 1 kept for its retrace
-    dataset: object = field(default=None, repr=False)  # the training Dataset that was scored
+    dataset: Optional[Batches] = field(default=None, repr=False)  # the training rows scored
     # The files read, for the writers' checks; by default what the training Dataset tells.
     files_read: Labelled = field(default=(), repr=False)
     images_read: ImagesRead = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
-        if not self.files_read and not self.images_read and self.dataset is not None:
-            path = getattr(self.dataset, "path", None)
-            self.files_read = () if path is None else (("the input-train file", str(path)),)
+        if not self.files_read and not self.images_read and isinstance(self.dataset, Dataset):
+            self.files_read = (("the input-train file", str(self.dataset.path)),)
             self.images_read = images_read(self.dataset, "input-train")
 
     @property
@@ -67,8 +75,6 @@ class InfluenceResult:
     @property
     def influence_std(self) -> Optional[np.ndarray]:
         """Each row's sample standard deviation over the trials (None with one trial)."""
-        from ..data.cleansed_csv import influence_std
-
         return influence_std(self.per_trial)
 
     def ranking(self) -> np.ndarray:
@@ -85,11 +91,9 @@ class InfluenceResult:
         check_row_count("k", k, len(self.scores))
         return self.ranking()[::-1][:k]
 
-    def counts(self, k: int = 10):
+    def counts(self, k: int = 10) -> Counts:
         """How many rows hurt, help or do nothing; how many of the ``k`` most harmful are
-        distinguishable from zero over the trials (:class:`..data.cleansed_csv.Counts`)."""
-        from ..data.cleansed_csv import count_rows
-
+        distinguishable from zero over the trials (:class:`.spread.Counts`)."""
         return count_rows(self.scores, self.per_trial, self.ranking(), k)
 
     def inputs(self) -> Iterator[Tuple[str, str]]:
@@ -113,37 +117,33 @@ class InfluenceResult:
         ``path`` is refused as the plugins refuse an output (:mod:`..runtime.output_paths`): a
         file the computation read (see :meth:`inputs`), a link, a folder or a read-only file.
         """
-        from ..data.cleansed_csv import check_remove_top, write_cleansed_csv
-
         check_remove_top(remove_top, len(self.scores))
         dataset = self._training_csv()
         check_outputs([("cleansed CSV", Path(path))], self.inputs())
-        return write_cleansed_csv(dataset, self.harmful(remove_top), Path(path), outputs)
+        return write_cleansed_csv(dataset, self.ranking()[:remove_top], Path(path), outputs)
 
     def write_tile(
         self, path: Union[str, Path], k: int, helpful: bool = False, outputs=None
     ) -> None:
         """A PNG of the ``k`` most harmful training images (and the ``k`` most helpful);
         1 <= k <= rows. ``path`` is refused as in :meth:`write_cleansed_csv`."""
-        from ..data.tile import sections_for, write_tile
-
         dataset = self._training_csv()
         if dataset.image_variable is None:
             raise InfluenceError("the tile is for image datasets; this one has no image column")
         check_row_count("k", k, len(self.scores), least=1)
         check_outputs([("tile", Path(path))], self.inputs())
-        sections = sections_for(dataset, self.scores, self.ranking(), k, helpful)
-        title = f"{Path(dataset.path).name}: SGD-Influence over {self.n_trials} trial(s)"
-        write_tile(Path(path), title, sections, outputs)
+        ranking = self.ranking()
+        write_ranked_tile(path, dataset, self.scores, ranking, k, helpful, self.n_trials, outputs)
 
-    def _training_csv(self):
-        if self.dataset is None or not hasattr(self.dataset, "csv_format"):
+    def _training_csv(self) -> Dataset:
+        if not isinstance(self.dataset, Dataset):
             raise InfluenceError("this result was computed on data that was not read from a CSV")
         return self.dataset
 
 
-def images_read(dataset: object, role: str) -> ImagesRead:
-    """``(role, paths)`` for each image column of a loaded dataset (none for an object that
-    does not say where its images came from)."""
-    image_files = getattr(dataset, "image_files", None)
-    return () if image_files is None else tuple((role, p) for p in image_files().values())
+def images_read(dataset: Batches, role: str) -> ImagesRead:
+    """``(role, paths)`` for each image column of a loaded :class:`Dataset` (none for other
+    rows, which do not say where their images came from)."""
+    if not isinstance(dataset, Dataset):
+        return ()
+    return tuple((role, paths) for paths in dataset.image_files().values())

@@ -19,7 +19,8 @@ infl_j += (lr/|S|) <u, g_j>, u <- u - (lr/|S|) sum_i H_i u - lr lambda u.
 Weight decay belongs to the solver: it enters the adjoint update, never a row's gradient.
 
 A value that is not finite stops the retrace at the step where it appears, with the layer of the
-pass that made it (:func:`.hvp.where_not_finite`): one NaN in u would reach every earlier step.
+pass that made it (:meth:`.hvp.StepPass.first_non_finite_layer`): one NaN in u would reach every
+earlier step.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from typing import List
 
 import numpy as np
 
+from ..data.datasets import Batch, Batches
 from ..errors import InfluenceError
 from ..nnp.solvers import SolverSpec, StepUpdate, linearize
 from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoints
-from .hvp import where_not_finite
+from .hvp import StepPass
 from .parameters import ParameterSet
-from .training import TrainingRun, snapshots_in_reverse
+from .training import Step, TrainingRun, snapshots_in_reverse
 
 
 @dataclass
@@ -55,12 +57,12 @@ class Adjoints:
 def retrace(
     params: ParameterSet,
     spec: SolverSpec,
-    train,
+    train: Batches,
     run: TrainingRun,
     u: List[np.ndarray],
-    step_pass,
+    step_pass: StepPass,
     *,
-    model_solver: bool = True,
+    retrace_as_sgd: bool = False,
     progress: Progress = SILENT,
 ) -> np.ndarray:
     """Influence of every training row on the validation loss (negative: removing it helps).
@@ -79,7 +81,7 @@ def retrace(
                 theta_t, state = next(snapshots)
                 params.set_trainable(theta_t)
             update = linearize(
-                spec, step.learning_rate, step.solver_step, state, len(params.theta), model_solver
+                spec, step.learning_rate, step.solver_step, state, len(params.theta), retrace_as_sgd
             )
             batch = train.batch(step.rows)
             try:
@@ -93,12 +95,12 @@ def retrace(
 class NotFinite(Exception):
     """A step's pass gave a value that is not finite; ``v`` is the direction it ran along."""
 
-    def __init__(self, batch, v: List[np.ndarray], what: str) -> None:
+    def __init__(self, batch: Batch, v: List[np.ndarray], what: str) -> None:
         super().__init__(what)
         self.batch, self.v, self.what = batch, v, what
 
 
-def _not_finite_message(problem: NotFinite, step, step_pass) -> str:
+def _not_finite_message(problem: NotFinite, step: Step, step_pass: StepPass) -> str:
     where = f"epoch {step.epoch}, step {step.step} (iteration {step.iteration})"
     if problem.what == "direction":
         return (
@@ -109,7 +111,7 @@ def _not_finite_message(problem: NotFinite, step, step_pass) -> str:
         return (
             f"finite differences gave {problem.what} at {where}, although the retraining was finite"
         )
-    layer = where_not_finite(step_pass, problem.batch, problem.v)
+    layer = step_pass.first_non_finite_layer(problem.batch, problem.v)
     return (
         f"the second-order pass gave {problem.what} at {where}"
         + (f", first {layer}" if layer else "")
@@ -120,8 +122,8 @@ def _not_finite_message(problem: NotFinite, step, step_pass) -> str:
 def step_back(
     adjoints: Adjoints,
     update: StepUpdate,
-    step_pass,
-    batch,
+    step_pass: StepPass,
+    batch: Batch,
     params: ParameterSet,
     spec: SolverSpec,
 ):
@@ -159,7 +161,7 @@ def step_back(
     return dots, Adjoints(new_a_theta, a_m, a_s)
 
 
-def _finite_float32(arrays: List[np.ndarray], batch) -> List[np.ndarray]:
+def _finite_float32(arrays: List[np.ndarray], batch: Batch) -> List[np.ndarray]:
     """``arrays`` as float32, the pass's direction; NotFinite when a value does not fit."""
     with np.errstate(over="ignore"):
         direction = [a.astype(np.float32) for a in arrays]
@@ -168,7 +170,9 @@ def _finite_float32(arrays: List[np.ndarray], batch) -> List[np.ndarray]:
     return direction
 
 
-def _check_finite(dots: np.ndarray, hv: List[np.ndarray], batch, v: List[np.ndarray]) -> None:
+def _check_finite(
+    dots: np.ndarray, hv: List[np.ndarray], batch: Batch, v: List[np.ndarray]
+) -> None:
     values = [dots, *hv]
     if not all(np.isfinite(a).all() for a in values):
         nan = any(np.isnan(a).any() for a in values)

@@ -24,6 +24,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ..data.datasets import Batches
 from ..errors import InfluenceError, excerpt
 from ..nnp.solvers import (
     SolverSpec,
@@ -86,7 +87,7 @@ def batch_order(
 def retrain(
     graphs: GraphCache,
     spec: SolverSpec,
-    train,
+    train: Batches,
     *,
     batch_size: int,
     seed: int,
@@ -149,12 +150,12 @@ def retrain(
 def _update(
     solver,
     graphs: GraphCache,
-    train,
+    train: Batches,
     rows: np.ndarray,
     row_weights: Optional[np.ndarray],
     weight_decay: float,
     learning_rate: float,
-) -> None:
+) -> float:
     """One solver step on the batch ``rows``: forward, backward, weight decay, update.
     Returns the batch's training loss."""
     graph = graphs.loss(len(rows), training=True)

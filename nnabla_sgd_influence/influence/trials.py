@@ -11,18 +11,19 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Protocol, Sequence
 
 import numpy as np
 
 from ..arguments import InfluenceArguments
+from ..data.datasets import Batches
 from ..errors import InfluenceError
 from ..nnp.model import NnpModel
 from ..runtime.progress import SILENT, Progress
 from ..runtime.signals import checkpoint
 from ..runtime.workspace import remove_folder, workspace
 from .graphs import GraphCache
-from .hvp import create_pass
+from .hvp import StepPass, create_pass
 from .parameters import ParameterSet
 from .query import validation_gradient
 from .results import InfluenceResult
@@ -30,6 +31,18 @@ from .retrace import retrace
 from .training import Step, retrain
 
 log = logging.getLogger(__name__)
+
+
+class Shard(Protocol):
+    """A split of each step's batch over processes (an MPI :class:`..execution.mpi.World`)."""
+
+    def sharded(self, step_pass: StepPass) -> StepPass:
+        """``step_pass`` over this process's rows of each batch, its sums over every process."""
+        ...
+
+    def sum(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """The sum of ``arrays`` over every process, the same on each."""
+        ...
 
 
 @dataclass
@@ -46,14 +59,14 @@ class TrialResult:
 
 def run_trial(
     model: NnpModel,
-    train,
-    val,
+    train: Batches,
+    val: Batches,
     arguments: Optional[InfluenceArguments] = None,
     *,
     trial: int = 0,
     workdir: Optional[Path] = None,
     progress: Progress = SILENT,
-    shard=None,
+    shard: Optional[Shard] = None,
 ) -> TrialResult:
     """Score every row of ``train`` by its SGD-Influence on the mean loss of ``val``.
 
@@ -88,7 +101,7 @@ def run_trial(
             run,
             u,
             step_pass,
-            model_solver=arguments.model_solver,
+            retrace_as_sgd=arguments.retrace_as_sgd,
             progress=progress,
         )
     if shard is not None:
@@ -128,8 +141,8 @@ def _working_folder(workdir: Optional[Path], mode: str) -> Iterator[Optional[Pat
 
 def run_trials(
     model: NnpModel,
-    train,
-    val,
+    train: Batches,
+    val: Batches,
     arguments: InfluenceArguments,
     folder: Path,
     *,
@@ -137,44 +150,45 @@ def run_trials(
     progress: Progress = SILENT,
 ) -> InfluenceResult:
     """Every trial (seeds seed, seed+1, ...), each in ``folder/trial_<i>``; scores averaged."""
-    trials = [
-        trial_in_folder(model, train, val, arguments, index, folder, keep_temp, progress)
-        for index in range(arguments.n_trials)
-    ]
-    return average_trials(trials, train)
+    trials = Trials(model, train, val, arguments, Path(folder), keep_temp, progress)
+    return average_trials([trials.run(index) for index in range(arguments.n_trials)], train)
 
 
-def trial_in_folder(
-    model: NnpModel,
-    train,
-    val,
-    arguments: InfluenceArguments,
-    index: int,
-    folder: Path,
-    keep_temp: bool = False,
-    progress: Progress = SILENT,
-    shard=None,
-) -> TrialResult:
-    """Trial ``index`` (0-based) in its own ``folder/trial_<index + 1>``, removed afterwards."""
-    workdir = Path(folder) / f"trial_{index + 1}"
-    workdir.mkdir()
-    result = run_trial(
-        model,
-        train,
-        val,
-        arguments,
-        trial=index,
-        workdir=workdir,
-        progress=progress.for_trial(index, arguments.n_trials),
-        shard=shard,
-    )
-    if not keep_temp:
-        remove_folder(workdir)  # mode "exact" may have stored much there
-    checkpoint()
-    return result
+@dataclass(frozen=True)
+class Trials:
+    """The trials of one computation, each run in its own subfolder of ``folder``, which is
+    removed after it unless ``keep_temp``; ``shard`` splits each step's batch over MPI ranks."""
+
+    model: NnpModel
+    train: Batches
+    val: Batches
+    arguments: InfluenceArguments
+    folder: Path
+    keep_temp: bool = False
+    progress: Progress = SILENT
+    shard: Optional[Shard] = None
+
+    def run(self, index: int) -> TrialResult:
+        """Trial ``index`` (0-based) in ``folder/trial_<index + 1>``."""
+        workdir = Path(self.folder) / f"trial_{index + 1}"
+        workdir.mkdir()
+        result = run_trial(
+            self.model,
+            self.train,
+            self.val,
+            self.arguments,
+            trial=index,
+            workdir=workdir,
+            progress=self.progress.for_trial(index, self.arguments.n_trials),
+            shard=self.shard,
+        )
+        if not self.keep_temp:
+            remove_folder(workdir)  # mode "exact" may have stored much there
+        checkpoint()
+        return result
 
 
-def average_trials(trials: List[TrialResult], train=None) -> InfluenceResult:
+def average_trials(trials: List[TrialResult], train: Optional[Batches] = None) -> InfluenceResult:
     """Mean scores of the trials, added in trial order (the same bits however they ran)."""
     per_trial = np.array([t.scores for t in trials], dtype=np.float64)
     total = np.zeros(per_trial.shape[1], dtype=np.float64)

@@ -251,15 +251,15 @@ def linearize(
     step_count: int,
     state: SolverState,
     n_params: int,
-    model_solver: bool = True,
+    retrace_as_sgd: bool = False,
 ) -> StepUpdate:
     """Coefficients of one step at ``learning_rate``; ``step_count`` is the solver's t after it.
 
     ``state`` holds the arrays named by the solver's ``state_names`` after the update, per
-    trainable parameter. With ``model_solver=False`` (or a solver without a linearization)
-    the step is treated as plain SGD.
+    trainable parameter. With ``retrace_as_sgd`` (or a solver without a linearization) the
+    step is treated as plain SGD.
     """
-    entry = solver_model(spec.type) if model_solver else SOLVERS["Sgd"]
+    entry = SOLVERS["Sgd"] if retrace_as_sgd else solver_model(spec.type)
     if entry.linearize is None:
         entry = SOLVERS["Sgd"]
     lr = float(learning_rate)

@@ -4,6 +4,7 @@ It takes a command line (NNC's dialog or a terminal) and gives the files of a ru
 code; and it installs the plugins into Neural Network Console.
 
 * :mod:`.cli`: the two plugins' command lines and a process's whole life (one line, exit code);
+* :mod:`.settings`: where a run reads and writes (its run settings), each with its help text;
 * :mod:`.run`: one run: inputs and outputs checked before training, then scored and written;
 * :mod:`.environment`: the Python, NNabla and packages a plugin needs, checked without imports;
 * :mod:`.scripts`: the text of the plugin scripts (``plugins/*.py`` and NNC installs);

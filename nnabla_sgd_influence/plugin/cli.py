@@ -3,7 +3,9 @@
 Neural Network Console builds a plugin's dialog from ``-h``: the first line of the description
 is the menu title, and each option's help gives its type in parentheses and ``default=``.
 Options hidden from the dialog use ``argparse.SUPPRESS`` and are documented in the README.
-Nothing heavy is imported until the arguments are parsed, so ``-h`` stays fast.
+Every option is a field of the run's settings, generated from what the field says of itself
+(its help text and :class:`..arguments.Flags`), so that nothing is written twice. Nothing
+heavy is imported until the arguments are parsed, so ``-h`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import os
 import sys
 import traceback
 from contextlib import suppress
-from pathlib import Path
-from typing import List, NoReturn, Optional, Sequence
+from dataclasses import MISSING, Field, fields
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from ..arguments import HVP_METHODS, MODES
+from ..arguments import ExecutionArguments, InfluenceArguments, settings_from
 from ..errors import DEBUG_VARIABLE, InfluenceError, RunStopped, closing_line, one_line
-from ..execution.device import CONTEXTS
+from ..execution.mpi import launched
 from ..nnp.compat import import_nnabla
 from ..runtime import signals, streams
 from ..runtime.limits import OPENBLAS_LOAD_BYTES, check_room
 from ..runtime.progress import close_open_bars
-from .environment import check_interpreter, check_packages, launched, use_single_threaded_blas
+from .environment import check_interpreter, check_packages, use_single_threaded_blas
+from .scripts import KINDS
+from .settings import RunSettings
 
 _PAPERS = """
 Ranks every row of the training dataset by its SGD-Influence on the validation loss:
@@ -55,10 +59,11 @@ _DESCRIPTIONS = {
     "Output columns: index, influence, datasource_index, then influence_std (the spread\n"
     "over the trials) when there is more than one trial, then the row's own columns.",
 }
-_DEFAULTS = {
-    "image": {"batch_size": 32, "n_trials": 6, "output": "influence.csv"},
-    "tabular": {"batch_size": 64, "n_trials": 1, "output": "sgd_influence_tabular.csv"},
-}
+# The settings whose fields are the plugins' options, and the order of NNC's dialog (the
+# other options are hidden from it).
+SETTINGS = (RunSettings, InfluenceArguments, ExecutionArguments)
+DIALOG = ("model", "batch_size", "input_train", "input_val", "output", "seed", "n_trials")
+DIALOG += ("remove_top", "tile")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -70,127 +75,66 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
-    """The argument parser of the ``image`` or ``tabular`` plugin."""
-    defaults = _DEFAULTS[kind]
+    """The argument parser of the ``image`` or ``tabular`` plugin: an option for each field
+    of the settings that the plugin takes (:class:`..arguments.Flags`)."""
     parser = _OneLineParser(
         description=f"{_TITLES[kind]}\n\n{_DESCRIPTIONS[kind]}\n{_PAPERS}",
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    add = parser.add_argument
-    add(
-        "-m",
-        "--model",
-        default="results.nnp",
-        help="path to the trained model, the results.nnp of a training (model) default=results.nnp",
-    )
-    add(
-        "-bs",
-        "--batch_size",
-        type=int,
-        default=defaults["batch_size"],
-        help=f"rows per step when retraining and retracing (int) default={defaults['batch_size']}",
-    )
-    add(
-        "-t",
-        "--input-train",
-        required=True,
-        help="path to the training dataset CSV whose rows are scored (csv)",
-    )
-    add(
-        "-v",
-        "--input-val",
-        required=True,
-        help="path to the validation dataset CSV that influence is measured on (csv)",
-    )
-    add(
-        "-o",
-        "--output",
-        default=defaults["output"],
-        help=f"path to the output CSV, most harmful rows first (csv) default={defaults['output']}",
-    )
-    add(
-        "-s",
-        "--seed",
-        type=int,
-        default=0,
-        help="random seed of the first trial, the next trials add 1 (int) default=0",
-    )
-    add(
-        "-nt",
-        "--n_trials",
-        type=int,
-        default=defaults["n_trials"],
-        help="number of trials with different shuffles, scores are averaged (int) "
-        f"default={defaults['n_trials']}",
-    )
-    add(
-        "--remove_top",
-        type=int,
-        default=0,
-        help="also write the training CSV without this many of the most harmful rows, as "
-        "<output>_cleansed.csv; 0 = off (int) default=0",
-    )
-    if kind == "image":
-        add(
-            "--tile",
-            type=int,
-            default=0,
-            help="also draw this many of the most harmful images with label, row and score, "
-            "as <output>_tile.png; 0 = off (int) default=0",
-        )
-    _add_hidden_options(parser, kind)
+    for setting in plugin_options(kind):
+        parser.add_argument(*setting.metadata["cli"].names, **_argument(setting, kind))
     return parser
 
 
-def _add_hidden_options(parser: argparse.ArgumentParser, kind: str) -> None:
-    """Advanced options, kept out of NNC's dialog (see the README for what they do)."""
-    hidden = argparse.SUPPRESS
-    add = parser.add_argument
-    add("--mode", choices=MODES, default="last", help=hidden)
-    add("--epochs", type=int, default=1, help=hidden)
-    add("--hvp", choices=HVP_METHODS, default="auto", help=hidden)
-    add("--context", choices=CONTEXTS, default=None, help=hidden)
-    add("--device-id", default=None, help=hidden)
-    add("--temp-dir", default=None, help=hidden)
-    add("--keep-temp", action="store_true", help=hidden)
-    add("--step-log", action="store_true", help=hidden)
-    add("--encoding", default=None, help=hidden)
-    add("--workers", type=int, default=None, help=hidden)
-    if kind == "image":
-        add("--tile-helpful", action="store_true", help=hidden)
+def plugin_options(kind: str) -> List[Field]:
+    """The fields that are options of the ``kind`` plugin: those of NNC's dialog in its
+    order, then the hidden ones."""
+    found = [
+        setting
+        for settings in SETTINGS
+        for setting in fields(settings)
+        if setting.metadata["cli"] and kind in (setting.metadata["cli"].plugins or KINDS)
+    ]
+    shown = [setting for setting in found if setting.metadata["cli"].dialog]
+    shown.sort(key=lambda setting: DIALOG.index(setting.name))
+    return shown + [setting for setting in found if not setting.metadata["cli"].dialog]
 
 
-def settings_from_args(kind: str, args: argparse.Namespace):
-    """The plugin run's (RunSettings, InfluenceArguments) for parsed arguments, validated."""
-    from ..arguments import InfluenceArguments
-    from .run import RunSettings
+def _argument(setting: Field, kind: str) -> Dict[str, Any]:
+    """``add_argument``'s keywords for ``setting`` in the ``kind`` plugin.
 
-    settings = RunSettings(
-        model=Path(args.model),
-        input_train=Path(args.input_train),
-        input_val=Path(args.input_val),
-        output=Path(args.output),
-        kind=kind,
-        context=args.context,
-        device_id=None if args.device_id is None else str(args.device_id),
-        temp_dir=None if args.temp_dir is None else Path(args.temp_dir),
-        keep_temp=args.keep_temp,
-        step_log=args.step_log,
-        encoding=args.encoding,
-        remove_top=args.remove_top,
-        tile=getattr(args, "tile", 0),
-        tile_helpful=getattr(args, "tile_helpful", False),
-        workers=args.workers,
+    NNC builds its dialog from the help: the text, the type in parentheses and ``default=``
+    (none for a required option); a field without a dialog type is hidden.
+    """
+    cli = setting.metadata["cli"]
+    default = cli.defaults.get(kind, setting.default)
+    keywords: Dict[str, Any] = {"dest": setting.name}
+    if isinstance(default, bool):
+        keywords["action"] = "store_true"
+    elif default is MISSING:
+        keywords.update(type=cli.parse, required=True)
+    else:
+        keywords.update(type=cli.parse, default=default, choices=cli.choices)
+    text = f"{setting.metadata['help']} ({cli.dialog})"
+    if not cli.dialog:
+        keywords["help"] = argparse.SUPPRESS
+    elif default is MISSING:
+        keywords["help"] = text
+    else:
+        keywords["help"] = f"{text} default={default}"
+    return keywords
+
+
+def settings_from_args(
+    kind: str, args: argparse.Namespace
+) -> Tuple[RunSettings, ExecutionArguments, InfluenceArguments]:
+    """The run's settings for parsed arguments, each validated as it is made."""
+    values = vars(args)
+    return (
+        settings_from(RunSettings, values, kind=kind),
+        settings_from(ExecutionArguments, values),
+        settings_from(InfluenceArguments, values),
     )
-    arguments = InfluenceArguments(
-        batch_size=args.batch_size,
-        seed=args.seed,
-        n_trials=args.n_trials,
-        epochs=args.epochs,
-        mode=args.mode,
-        hvp=args.hvp,
-    )
-    return settings, arguments
 
 
 class _LogFormatter(logging.Formatter):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Optional
 
 from ..errors import InfluenceError
 from ..nnp.compat import NNABLA_RANGE, version_tuple
@@ -97,26 +97,3 @@ def _missing(module: str) -> bool:
         return importlib.util.find_spec(module) is None
     except ModuleNotFoundError:  # the parent package (google) is absent
         return True
-
-
-# What the common launchers put in each rank's environment: (size, rank, local rank).
-_LAUNCHER_VARIABLES = (
-    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),  # Open MPI
-    ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID"),  # MPICH, Intel MPI, MS-MPI
-    ("PMIX_SIZE", "PMIX_RANK", "PMIX_LOCAL_RANK"),
-)
-
-
-def launched() -> Tuple[int, int, int]:
-    """(size, rank, local rank) that an MPI launcher gave this process; (1, 0, 0) if none."""
-    for size, rank, local in _LAUNCHER_VARIABLES:
-        if size in os.environ:
-            try:
-                return (
-                    int(os.environ[size]),
-                    int(os.environ.get(rank, "0")),
-                    int(os.environ.get(local, os.environ.get(rank, "0"))),
-                )
-            except ValueError:
-                continue
-    return 1, 0, 0

@@ -1,54 +1,47 @@
 """One run of a plugin: check the inputs, score every training row, write the outputs.
 
 Everything that can be checked is checked before training starts, so that a bad file or
-argument costs seconds, not a retraining: the settings and every output path first, then the
-model and both datasets, then the outputs again against every image the datasets name. The
-scoring itself is :func:`..api.compute_influence`. All outputs (the ranking, the step log, the
-cleansed CSV, the tile) are staged and renamed into place together, or not at all.
+argument costs seconds, not a retraining: each setting as it is made, then where the run
+computes and keeps its temporary files (its :class:`..execution.runner.Execution`), every output
+path, the model and both datasets, then the outputs again against every image they name. The
+scoring itself is :func:`..execution.runner.run_influence`, as for the Python API. All outputs
+(the ranking, the step log, the cleansed CSV, the tile) are staged and renamed into place
+together, or not at all.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from ..api import compute_influence
-from ..arguments import InfluenceArguments
-from ..data.cleansed_csv import check_remove_top, cleansed_path
+from ..arguments import ExecutionArguments, InfluenceArguments
+from ..data.cleansed_csv import check_leaves_rows, cleansed_path, write_cleansed_csv
 from ..data.csvfile import check_encoding
 from ..data.datasets import Dataset, load_dataset
 from ..data.ranking_csv import write_image_csv, write_step_log, write_tabular_csv
-from ..data.tile import tile_path
+from ..data.tile import tile_path, write_ranked_tile
 from ..errors import InfluenceError, excerpt_path
-from ..execution.device import resolve_context
-from ..execution.mpi import world as mpi_world
+from ..execution.mpi import launched, loaded_on_rank_0
+from ..execution.runner import create_execution, run_influence
 from ..influence.graphs import RANDOM_LAYERS
-from ..influence.results import InfluenceResult, check_row_count
+from ..influence.results import InfluenceResult, check_within_rows
 from ..nnp.compat import warn_if_untested_nnabla
 from ..nnp.model import NnpModel, load_model
 from ..runtime import signals
 from ..runtime.limits import OPENBLAS_LOAD_BYTES, check_room
-from ..runtime.output_paths import (
-    check_outputs,
-    check_temporary_parent,
-    image_inputs,
-    rebase_image_cells,
-)
+from ..runtime.output_paths import check_outputs, image_inputs, rebase_image_cells
 from ..runtime.output_paths import files_read as run_files_read
 from ..runtime.progress import BarProgress, Progress, without_monitor_thread
 from ..runtime.staging import StagedOutputs, staged_outputs
-from .environment import launched
+from .settings import RunSettings
 
 log = logging.getLogger(__name__)
 
-KINDS = ("image", "tabular")
 COMPLETION_MESSAGE = "SGD influence completed successfully."
 SUMMARY_TOP = 10  # rows looked at in the summary's count, without --remove_top
 Labelled = List[Tuple[str, Path]]  # (what a file is, its path), for messages
@@ -75,40 +68,23 @@ SPREAD_MODULES = ("scipy.stats",)  # the summary's t-interval, with several tria
 TILE_MODULES = ("PIL.ImageDraw", "PIL.ImageFont")
 
 
-@dataclass
-class RunSettings:
-    """Where a plugin run reads and writes, and what it computes on (not how it scores)."""
-
-    model: Path
-    input_train: Path
-    input_val: Path
-    output: Path
-    kind: str  # "image" or "tabular"
-    context: Optional[str] = None
-    device_id: Optional[str] = None  # None: 0, or an MPI rank's local rank
-    temp_dir: Optional[Path] = None  # None: beside the output, not on the system drive
-    keep_temp: bool = False
-    step_log: bool = False
-    encoding: Optional[str] = None  # of both input CSVs; None: detected (UTF-8 or cp932)
-    remove_top: int = 0  # > 0: also write the training CSV without that many harmful rows
-    tile: int = 0  # > 0: also draw that many of the most harmful images (image plugin)
-    tile_helpful: bool = False  # ... and as many of the most helpful
-    workers: Optional[int] = None  # processes for the trials; None: one per physical core
-
-    def outputs(self) -> Labelled:
-        """Every file the run writes, each checked against what it reads before any work."""
-        paths = [("output", Path(self.output))]
-        if self.step_log:
-            paths.append(("step log", step_log_path(self.output)))
-        if self.remove_top:
-            paths.append(("cleansed CSV", cleansed_path(self.output)))
-        if self.tile:
-            paths.append(("tile", tile_path(self.output)))
-        return paths
+def planned_outputs(settings: RunSettings) -> Labelled:
+    """Every file the run writes, each checked against what it reads before any work."""
+    paths = [("output", Path(settings.output))]
+    if settings.step_log:
+        paths.append(("step log", step_log_path(settings.output)))
+    if settings.remove_top:
+        paths.append(("cleansed CSV", cleansed_path(settings.output)))
+    if settings.tile:
+        paths.append(("tile", tile_path(settings.output)))
+    return paths
 
 
 def run(
-    settings: RunSettings, arguments: InfluenceArguments, progress: Optional[Progress] = None
+    settings: RunSettings,
+    execution_arguments: ExecutionArguments,
+    arguments: InfluenceArguments,
+    progress: Optional[Progress] = None,
 ) -> Optional[InfluenceResult]:
     """Score every row of ``settings.input_train``, write the outputs (bars by default) and
     return the result.
@@ -119,14 +95,23 @@ def run(
     start = time.perf_counter()
     import_run_time_modules(settings, arguments)
     without_monitor_thread()
-    world = mpi_world()
-    if world is None and launched()[0] > 1:
-        if launched()[1] != 0:
+    execution = create_execution(
+        execution_arguments,
+        arguments.n_trials,
+        progress=BarProgress() if progress is None else progress,
+        default_temp_parent=Path(os.path.abspath(settings.output)).parent,
+    )
+    size, rank, _ = launched()
+    if execution.world is None and size > 1:
+        if rank != 0:
             return None  # mpirun without mpi4py: rank 0 does the whole run (and says so)
         log.warning("mpi4py is not installed: the whole run is rank 0's (pip install mpi4py)")
-    if world is not None and world.rank != 0:
-        return _run_other_rank(settings, arguments, world)
-    model, train, val = _checked_inputs(settings, world)
+    if not execution.leads:
+        logging.getLogger("nnabla_sgd_influence").setLevel(logging.WARNING)
+    context_file = execution.device.context_file
+    model, train, val = loaded_on_rank_0(
+        execution.world, lambda: checked_inputs(settings, context_file)
+    )
     log.info(
         "scoring %d training rows against %d validation rows, %d trial(s), batch size %d",
         len(train),
@@ -134,18 +119,9 @@ def run(
         arguments.n_trials,
         arguments.batch_size,
     )
-    result = compute_influence(
-        model,
-        train,
-        val,
-        **dataclasses.asdict(arguments),
-        context=settings.context,
-        device_id=settings.device_id,
-        temp_dir=temp_parent(settings),
-        keep_temp=settings.keep_temp,
-        workers=settings.workers,
-        progress=BarProgress() if progress is None else progress,
-    )
+    result = run_influence(execution, model, train, val, arguments)
+    if result is None:
+        return None  # an MPI rank other than 0
     counts = result.counts(settings.remove_top or SUMMARY_TOP)  # nothing fails after the write
     write_outputs(settings, train, result)
     log.info(
@@ -181,39 +157,20 @@ def import_run_time_modules(settings: RunSettings, arguments: InfluenceArguments
         importlib.import_module(name)
 
 
-def _checked_inputs(settings: RunSettings, world) -> Tuple[NnpModel, Dataset, Dataset]:
-    """Everything checked and loaded (on rank 0, which then hands the inputs to the others;
-    if it stops instead, the others hear it from the job: see :mod:`..execution.mpi`)."""
-    check_settings(settings)
+def checked_inputs(
+    settings: RunSettings, context_file: Optional[Path]
+) -> Tuple[NnpModel, Dataset, Dataset]:
+    """Everything checked and loaded (under MPI on rank 0, which hands the inputs over)."""
+    check_settings(settings, context_file)
     warn_if_untested_nnabla(log)
-    resolve_context(settings.context, settings.device_id)  # a missing GPU fails now
-    inputs = load_inputs(settings)
-    if world is not None:
-        world.share(inputs)
-    return inputs
+    return load_inputs(settings, context_file)
 
 
-def _run_other_rank(settings: RunSettings, arguments: InfluenceArguments, world) -> None:
-    """A rank other than 0: wait for the inputs rank 0 checked, then take its share."""
-    logging.getLogger("nnabla_sgd_influence").setLevel(logging.WARNING)
-    model, train, val = world.share()
-    parent = temp_parent(settings)
-    compute_influence(
-        model,
-        train,
-        val,
-        **dataclasses.asdict(arguments),
-        context=settings.context,
-        device_id=settings.device_id,
-        temp_dir=parent if parent.is_dir() else None,  # another machine may not have it
-        keep_temp=settings.keep_temp,
-        progress=False,
-    )
-    return None
-
-
-def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
-    """The model and both datasets, checked; then the outputs against every image they name."""
+def load_inputs(
+    settings: RunSettings, context_file: Optional[Path]
+) -> Tuple[NnpModel, Dataset, Dataset]:
+    """The model and both datasets, checked; then the outputs against every image they name
+    (and the ``context_file`` read for the context)."""
     model = load_model(settings.model)
     signals.checkpoint()
     check_layers(model, settings.kind)
@@ -232,34 +189,21 @@ def load_inputs(settings: RunSettings) -> Tuple[NnpModel, Dataset, Dataset]:
             "tabular datasets"
         )
     if settings.remove_top:
-        check_remove_top(settings.remove_top, len(train))
+        check_leaves_rows(settings.remove_top, len(train))
     if settings.tile:
-        check_row_count("tile", settings.tile, len(train), least=1)
-    check_outputs(settings.outputs(), files_read(settings, train, val))
+        check_within_rows("tile", settings.tile, len(train), least=1)
+    check_outputs(planned_outputs(settings), files_read(settings, context_file, train, val))
     return model, train, val
 
 
-def check_settings(settings: RunSettings) -> None:
-    """Refuse unknown choices and unusable paths before any work."""
-    if settings.kind not in KINDS:
-        raise InfluenceError(f"kind must be one of {', '.join(KINDS)}, got {settings.kind!r}")
-    for name in ("remove_top", "tile"):
-        value = getattr(settings, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InfluenceError(f"{name} must be 0 (off) or a positive integer, got {value!r}")
-    if settings.tile and settings.kind != "image":
-        raise InfluenceError("tile draws images: it is for the image plugin")
-    workers = settings.workers
-    if workers is not None and (
-        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
-    ):
-        raise InfluenceError(f"workers must be a positive integer, got {workers!r}")
-    for label, path in files_read(settings)[:3]:
+def check_settings(settings: RunSettings, context_file: Optional[Path] = None) -> None:
+    """Refuse missing inputs and unusable outputs before any work (``context_file``: the file
+    read for the context, which no output may be)."""
+    read = files_read(settings, context_file)
+    for label, path in read[:3]:
         if not Path(path).is_file():
             raise InfluenceError(f"{label.replace('the ', '', 1)} not found: {excerpt_path(path)}")
-    check_outputs(settings.outputs(), files_read(settings))
-    if settings.temp_dir is not None:
-        check_temporary_parent(settings.temp_dir)
+    check_outputs(planned_outputs(settings), read)
     if settings.encoding is not None:
         check_encoding(settings.encoding)
     if _same_file(settings.input_train, settings.input_val):
@@ -270,12 +214,10 @@ def check_settings(settings: RunSettings) -> None:
         )
 
 
-def files_read(settings: RunSettings, *datasets: Dataset) -> Labelled:
+def files_read(settings: RunSettings, context_file: Optional[Path], *datasets: Dataset) -> Labelled:
     """Every file the run reads: the model, both CSVs, the images of ``datasets``, and the
-    ``net.nntxt`` of the working folder (read for the context)."""
-    files = run_files_read(
-        settings.model, settings.input_train, settings.input_val, settings.context
-    )
+    ``context_file`` (NNC's ``net.nntxt``) read for the context."""
+    files = run_files_read(settings.model, settings.input_train, settings.input_val, context_file)
     for role, dataset in zip(("input-train", "input-val"), datasets):
         for paths in dataset.image_files().values():
             files.extend(image_inputs(role, paths))
@@ -316,28 +258,28 @@ def _describe(layers: List, model: NnpModel) -> str:
     return f"{noun} {names} in network '{model.train_network}'"
 
 
-def temp_parent(settings: RunSettings) -> Path:
-    """Where the run's temporary folder is made: ``--temp-dir``, else beside the output."""
-    if settings.temp_dir is not None:
-        return Path(settings.temp_dir)
-    return Path(os.path.abspath(settings.output)).parent
-
-
 def write_outputs(settings: RunSettings, train: Dataset, result: InfluenceResult) -> List[Path]:
     """The ranking and what the options ask for (step log, cleansed CSV, tile), renamed into
-    place together once all are complete."""
-    written = [path for _, path in settings.outputs()]
+    place together once all are complete. Counts and paths were checked before training."""
+    written = [path for _, path in planned_outputs(settings)]
+    ranking = result.ranking()
     with staged_outputs() as outputs:
         write_ranking(settings, train, result, outputs)
         if settings.step_log:
             write_step_log(step_log_path(settings.output), result.steps, outputs)
         if settings.remove_top:
-            kept = result.write_cleansed_csv(
-                cleansed_path(settings.output), settings.remove_top, outputs
-            )
+            removed = ranking[: settings.remove_top]
+            kept = write_cleansed_csv(train, removed, cleansed_path(settings.output), outputs)
         if settings.tile:
-            result.write_tile(
-                tile_path(settings.output), settings.tile, settings.tile_helpful, outputs
+            write_ranked_tile(
+                tile_path(settings.output),
+                train,
+                result.scores,
+                ranking,
+                settings.tile,
+                settings.tile_helpful,
+                result.n_trials,
+                outputs,
             )
     if settings.remove_top:
         log.info(

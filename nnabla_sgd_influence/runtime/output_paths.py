@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import InfluenceError, excerpt_path
-from ..execution.device import NNTXT_NAME
 from .oserrors import too_long
 from .staging import TEMPORARY_NAME_CHARS
 
@@ -85,20 +84,20 @@ def files_read(
     model: Optional[os.PathLike],
     input_train: Optional[os.PathLike],
     input_val: Optional[os.PathLike],
-    context: Optional[str],
+    context_file: Optional[os.PathLike],
 ) -> List[Tuple[str, Path]]:
     """``(description, path)`` of the files a run reads besides images: the model, both CSVs
-    (each skipped when None: not known) and, when no context is asked for, the ``net.nntxt``
-    of the working folder, which :func:`..execution.device.choose_context` reads."""
+    (each skipped when None: not known) and the file read for the context (NNC's
+    ``net.nntxt``, :attr:`..execution.device.Device.context_file`) when there is one."""
     named = (
         ("the model file", model),
         ("the input-train file", input_train),
         ("the input-val file", input_val),
     )
     files = [(label, Path(path)) for label, path in named if path is not None]
-    nntxt = Path.cwd() / NNTXT_NAME
-    if context is None and nntxt.is_file():
-        files.append((f"the {NNTXT_NAME} read for the context", nntxt))
+    if context_file is not None and Path(context_file).is_file():
+        context_file = Path(context_file)
+        files.append((f"the {context_file.name} read for the context", context_file))
     return files
 
 

@@ -337,3 +337,66 @@ def test_a_rank_killed_by_the_system_ends_every_rank(mpirun, samples_dir, tmp_pa
         "system (out of memory?) or by hand; if memory ran out, run fewer ranks per machine"
     )
     assert_ended_cleanly(job, seconds, tmp_path, 1 if recovery else 137, line)
+
+
+# --------------------------------------------------------------------------------------
+# A rank's share of each step's batch, on any StepPass
+
+
+class _OneRank:
+    """Rank ``rank`` of ``size``, its sums its own (what the other ranks add is zero here)."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self.rank, self.size = rank, size
+
+    def sum(self, arrays):
+        return [np.asarray(a, dtype=np.float64) for a in arrays]
+
+
+class _RowSums:
+    """A StepPass and nothing more: <v, g_i> = i-th row's value times sum(v), H v = rows * v."""
+
+    name = "autodiff"
+    parameter_shapes = [(2,), (3,)]
+
+    def __init__(self) -> None:
+        self.batches = []
+
+    def __call__(self, batch, v):
+        self.prepare(batch)
+        return self.finish(v)
+
+    def prepare(self, batch):
+        self.batches.append(batch["x"].copy())
+        return [np.full(shape, float(batch["x"].sum())) for shape in self.parameter_shapes]
+
+    def finish(self, v):
+        rows = self.batches[-1]
+        total = sum(float(np.sum(a)) for a in v)
+        return rows * total, [len(rows) * np.asarray(a, dtype=np.float64) for a in v]
+
+    def first_non_finite_layer(self, batch, v):
+        return f"in layer 'L' of a batch of {len(batch['x'])}"
+
+
+def test_a_rank_takes_its_rows_of_each_batch_from_any_step_pass():
+    from nnabla_sgd_influence.execution.mpi import ShardedPass
+
+    inner = _RowSums()
+    sharded = ShardedPass(inner, _OneRank(rank=1, size=2))
+    v = [np.ones(2), np.ones(3)]
+    batch = {"x": np.array([1.0, 2.0, 3.0])}  # rows 0, 1 are rank 0's; row 2 is rank 1's
+    gradient = sharded.prepare(batch)
+    np.testing.assert_array_equal(inner.batches[-1], [3.0])
+    np.testing.assert_array_equal(gradient[1], np.full(3, 3.0))
+    dots, hv = sharded.finish(v)
+    np.testing.assert_array_equal(dots, [0.0, 0.0, 15.0])  # 3 * (2 + 3), zero for rank 0's
+    np.testing.assert_array_equal(hv[0], np.ones(2))
+    # A batch of one row leaves rank 1 nothing: zeros of the inner pass's parameter shapes.
+    alone = sharded.prepare({"x": np.array([5.0])})
+    assert [a.shape for a in alone] == [(2,), (3,)] and not any(a.any() for a in alone)
+    dots, hv = sharded.finish(v)
+    np.testing.assert_array_equal(dots, [0.0])
+    assert [a.shape for a in hv] == [(2,), (3,)] and not any(a.any() for a in hv)
+    # A failed step is searched on the whole batch by the inner pass.
+    assert sharded.first_non_finite_layer(batch, v) == "in layer 'L' of a batch of 3"

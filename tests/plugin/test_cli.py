@@ -114,12 +114,59 @@ def test_help_defaults_are_the_parser_defaults(kind):
         assert len(re.findall(r"\(([a-z]+)\)", action.help)) == 1, action.help
 
 
+def setting_fields():
+    from dataclasses import fields
+
+    from nnabla_sgd_influence.arguments import ExecutionArguments, InfluenceArguments
+    from nnabla_sgd_influence.plugin.settings import RunSettings
+
+    return [f for cls in (RunSettings, InfluenceArguments, ExecutionArguments) for f in fields(cls)]
+
+
+def test_every_setting_says_what_it_means():
+    for setting in setting_fields():
+        text = setting.metadata.get("help", "")
+        assert len(text) > 20 and "(" not in text.split()[-1], (setting.name, text)
+
+
+@pytest.mark.parametrize("kind", ["image", "tabular"])
+def test_the_options_are_the_settings_fields(kind):
+    """Each option is a settings field of that name, its help the field's own text."""
+    parser = build_parser(kind)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    with_flags = {f.name: f for f in setting_fields() if f.metadata["cli"]}
+    image_only = {"tile", "tile_helpful"}
+    assert set(actions) == set(with_flags) - (image_only if kind == "tabular" else set())
+    for name, action in actions.items():
+        assert tuple(action.option_strings) == with_flags[name].metadata["cli"].names
+        if action.help != argparse.SUPPRESS:
+            assert action.help.startswith(with_flags[name].metadata["help"] + " ("), name
+
+
+def test_the_python_api_takes_the_settings_by_the_same_names():
+    import inspect
+    from dataclasses import fields
+
+    from nnabla_sgd_influence import compute_influence
+    from nnabla_sgd_influence.arguments import ExecutionArguments, InfluenceArguments
+
+    keywords = set(inspect.signature(compute_influence).parameters)
+    from_settings = {
+        f.name for cls in (InfluenceArguments, ExecutionArguments) for f in fields(cls)
+    }
+    assert from_settings == {
+        "batch_size", "seed", "n_trials", "epochs", "mode", "hvp", "retrace_as_sgd",
+        "context", "device_id", "workers", "temp_dir", "keep_temp",
+    }  # fmt: skip
+    assert from_settings <= keywords
+
+
 def test_hidden_options_parse():
     argv = "-t a.csv -v b.csv --mode exact --epochs 2 --hvp finite-difference --context cpu"
     argv += " --device-id 1 --temp-dir /tmp --keep-temp --step-log"
     args = build_parser("image").parse_args(argv.split(" "))
     assert (args.mode, args.epochs, args.hvp) == ("exact", 2, "finite-difference")
-    assert (args.context, args.device_id, args.temp_dir) == ("cpu", "1", "/tmp")
+    assert (args.context, args.device_id, args.temp_dir) == ("cpu", "1", Path("/tmp"))
     assert args.keep_temp and args.step_log
 
 
@@ -259,7 +306,7 @@ def test_exit_codes(monkeypatch, capsys, raised, code, line):
     import nnabla_sgd_influence.plugin.cli as cli
     import nnabla_sgd_influence.plugin.run as pipeline
 
-    def fail(_settings, _arguments):
+    def fail(_settings, _execution, _arguments):
         raise raised
 
     monkeypatch.setattr(pipeline, "run", fail)
@@ -274,7 +321,7 @@ def test_interrupt_inside_an_nnabla_callback_is_an_interrupt(monkeypatch, capsys
     import nnabla_sgd_influence.plugin.cli as cli
     import nnabla_sgd_influence.plugin.run as pipeline
 
-    def fail(_settings, _arguments):
+    def fail(_settings, _execution, _arguments):
         # What nnabla raises when the signal handler runs inside its backward callback.
         try:
             raise KeyboardInterrupt
@@ -292,7 +339,7 @@ def test_debug_shows_the_traceback(monkeypatch, capsys):
     import nnabla_sgd_influence.plugin.cli as cli
     import nnabla_sgd_influence.plugin.run as pipeline
 
-    def fail(_settings, _arguments):
+    def fail(_settings, _execution, _arguments):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pipeline, "run", fail)
@@ -312,8 +359,9 @@ def test_arguments_reach_the_settings(monkeypatch):
     argv = ["-t", "a.csv", "-v", "b.csv", "-nt", "3", "-s", "7"]
     argv += ["--temp-dir", "t", "--step-log", "--hvp", "autodiff"]
     assert cli.main_image(argv) == 0
-    ((settings, arguments),) = seen
+    ((settings, execution, arguments),) = seen
     assert (settings.kind, arguments.batch_size) == ("image", 32)
     assert (arguments.n_trials, arguments.seed) == (3, 7)
     assert settings.model == Path("results.nnp") and settings.output == Path("influence.csv")
-    assert settings.temp_dir == Path("t") and settings.step_log and arguments.hvp == "autodiff"
+    assert execution.temp_dir == Path("t") and execution.workers is None
+    assert settings.step_log and arguments.hvp == "autodiff"

@@ -12,9 +12,11 @@ from plugin_helpers import (
     run_in_process,
 )
 
+from nnabla_sgd_influence import arguments as arguments_module
 from nnabla_sgd_influence.arguments import InfluenceArguments
 from nnabla_sgd_influence.errors import InfluenceError
-from nnabla_sgd_influence.plugin.run import RunSettings, check_settings, step_log_path, temp_parent
+from nnabla_sgd_influence.execution import device as device_module
+from nnabla_sgd_influence.plugin.run import RunSettings, check_settings, step_log_path
 
 
 @pytest.fixture(scope="module")
@@ -191,12 +193,14 @@ def test_the_last_seed_is_accepted():
     "changes, message",
     [
         ({"kind": "audio"}, "kind must be one of"),
-        ({"temp_dir": Path("/nonexistent/folder")}, "temporary folder parent not found"),
+        ({"remove_top": -1}, r"remove_top must be 0 \(off\) or a positive integer, got -1"),
+        ({"tile": 2.0}, r"tile must be 0 \(off\) or a positive integer, got 2.0"),
+        ({"kind": "tabular", "tile": 3}, "tile draws images: it is for the image plugin"),
     ],
 )
-def test_settings_are_checked(tmp_path, changes, message):
+def test_settings_are_checked_when_made(tmp_path, changes, message):
     with pytest.raises(InfluenceError, match=message):
-        check_settings(settings(tmp_path, **changes))
+        settings(tmp_path, **changes)
 
 
 def test_output_must_not_be_a_folder_or_an_input(tmp_path):
@@ -211,11 +215,41 @@ def test_same_train_and_val_file_is_a_warning(tmp_path, caplog):
     assert "same file" in caplog.text
 
 
-def test_temporary_folder_goes_beside_the_output_unless_told(tmp_path):
-    assert temp_parent(settings(tmp_path)) == tmp_path  # o.csv is in tmp_path
-    elsewhere = tmp_path / "scratch"
-    assert temp_parent(settings(tmp_path, temp_dir=elsewhere)) == elsewhere
-
-
 def test_step_log_sits_beside_the_output():
     assert step_log_path(Path("a/b/influence.csv")) == Path("a/b/influence_steps.csv")
+
+
+# --------------------------------------------------------------------------------------
+# Each setting made and checked once in a run
+
+
+def test_a_run_makes_its_settings_and_reads_net_nntxt_once(samples, tmp_path, monkeypatch):
+    """The scores' settings are made (and checked) once, and the context is chosen once: the
+    working folder's net.nntxt is read once."""
+    made, read = [], []
+    check = InfluenceArguments.__post_init__
+    choose = device_module.context_of_nntxt
+
+    def counted_check(self):
+        made.append(self)
+        check(self)
+
+    def counted_read(path):
+        read.append(path)
+        return choose(path)
+
+    monkeypatch.setattr(arguments_module.InfluenceArguments, "__post_init__", counted_check)
+    monkeypatch.setattr(device_module, "context_of_nntxt", counted_read)
+    with zipfile.ZipFile(samples / "models" / "cancer_logreg" / "results.nnp") as archive:
+        (tmp_path / "net.nntxt").write_bytes(archive.read("net.nntxt"))  # NNC leaves it there
+    cancer = samples / "cancer"
+    result = run_in_process(
+        "tabular",
+        *("-m", samples / "models" / "cancer_logreg" / "results.nnp"),
+        *("-t", cancer / "train.csv", "-v", cancer / "val.csv", "-o", tmp_path / "o.csv"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(made) == 1 and made[0].batch_size == 64
+    assert read == [tmp_path / "net.nntxt"]
+    assert result.stderr.count("context: cpu (chosen by") == 1
