@@ -413,7 +413,8 @@ def splits_batches(model, n_trials: int, size: int) -> bool:
 
 
 class ShardedPass:
-    """A :class:`..influence.hvp.StepPass` over this rank's share of each batch, summed over the ranks.
+    """A :class:`..influence.hvp.StepPass` over this rank's share of each batch, summed over
+    the ranks.
 
     ``__call__``/``prepare``/``finish`` keep the single-process signatures: ``<v, g_j>`` comes
     back for the whole batch, zero where a row is another rank's, and the sums (batch gradient,
