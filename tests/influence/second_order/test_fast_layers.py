@@ -574,13 +574,9 @@ def _model_pass_matches(nnp: Path, data: Path, rows: np.ndarray, reference: bool
 
 
 # (Batches of one row: tests/influence/second_order/test_equivalents.py.)
-@pytest.mark.parametrize("rows", [np.arange(3, 19), np.array([2, 9])])
+@pytest.mark.parametrize("rows", [np.arange(3, 11), np.array([2, 9])])
 def test_sample_cnn_with_batch_normalization(samples_dir, rows):
     _model_pass_matches(*_case(samples_dir, "digits_cnn"), rows, reference=True)
-
-
-def test_resnet_sample(samples_dir):
-    _model_pass_matches(*_case(samples_dir, "digits_rgb_resnet"), np.arange(5), reference=False)
 
 
 def test_resnet_sample_per_row_reference(samples_dir):
