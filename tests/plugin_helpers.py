@@ -23,6 +23,15 @@ TABULAR_SCRIPT = REPO / "plugins" / "sgd_influence_tabular.py"
 COMPLETION = "SGD influence completed successfully."
 
 
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` of a process that tests send Ctrl-C: SIGINT and SIGQUIT at their
+    defaults, as in a terminal's foreground job. A job started in the background by a
+    non-interactive shell (``make test &`` in a script) inherits both ignored, and the plugin
+    rightly keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def plugin_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The environment of a plugin run: no debug tracebacks, unbuffered output."""
     env = {k: v for k, v in os.environ.items() if k != "NNSI_DEBUG"}

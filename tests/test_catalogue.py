@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytest
-from plugin_helpers import IMAGE_SCRIPT, TABULAR_SCRIPT, plugin_env, read_csv, run_in_process
+from plugin_helpers import (
+    IMAGE_SCRIPT,
+    TABULAR_SCRIPT,
+    as_in_a_terminal,
+    plugin_env,
+    read_csv,
+    run_in_process,
+)
 
 from nnabla_sgd_influence.errors import EXCERPT_CHARS, LINE_CHARS
 
@@ -663,7 +670,7 @@ def test_signals_through_the_plugin(samples, tmp_path, signum, delays):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=as_in_a_terminal,
         )
         deadline = time.monotonic() + 30
         while process.poll() is None and time.monotonic() < deadline:

@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 import plugin_helpers
 import pytest
-from plugin_helpers import IMAGE_SCRIPT, REPO, TABULAR_SCRIPT, error_lines, plugin_env
+from plugin_helpers import (
+    IMAGE_SCRIPT,
+    REPO,
+    TABULAR_SCRIPT,
+    as_in_a_terminal,
+    error_lines,
+    plugin_env,
+)
 from scipy.stats import kendalltau
 
 pytestmark = pytest.mark.system
@@ -137,6 +144,7 @@ class MpiJob:
             env=mpi_env(),
             stdout=subprocess.DEVNULL,
             stderr=self.err_path.open("w"),
+            preexec_fn=as_in_a_terminal,
         )
 
     @property

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import pytest
 from model_files import MIDDLE_LAYERS, ArrayDataset, write_tiny_model
-from plugin_helpers import REPO, TABULAR_SCRIPT, error_lines, plugin_env
+from plugin_helpers import REPO, TABULAR_SCRIPT, as_in_a_terminal, error_lines, plugin_env
 
 from nnabla_sgd_influence import InfluenceError, compute_influence
 from nnabla_sgd_influence.arguments import InfluenceArguments
@@ -102,6 +102,7 @@ def _launch(samples_dir: Path, tmp_path: Path, n_trials: int = 6):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, to signal like a terminal does
+        preexec_fn=as_in_a_terminal,
     )
     return process, temp, out
 

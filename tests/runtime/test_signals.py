@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from plugin_helpers import as_in_a_terminal
 
 from nnabla_sgd_influence.runtime import signals
 
@@ -163,7 +164,7 @@ def _start(tmp: Path, name: str):
         stderr=subprocess.PIPE,
         text=True,
         env={k: v for k, v in os.environ.items() if k != "NNSI_DEBUG"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=as_in_a_terminal,
     )
     return process, output, temp
 
