@@ -59,6 +59,30 @@ MAX_ROW_ELEMENTS = 1 << 31
 _NUMERIC_KINDS = "biuf"  # HDF5 datasets of bool, integer, unsigned and float values only
 
 
+class PicklesProtoAsBytes:
+    """Pickles a dataclass's ``proto`` field (a protobuf message, or None) as its bytes.
+
+    The generated message classes cannot be pickled by reference, and worker processes and MPI
+    ranks get models pickled. ``PROTO_MESSAGE`` names the ``nnabla_pb2`` class to parse back.
+    """
+
+    PROTO_MESSAGE = "NNablaProtoBuf"
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["proto"] = None if self.proto is None else self.proto.SerializeToString()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("proto") is not None:
+            from nnabla.utils import nnabla_pb2
+
+            proto = getattr(nnabla_pb2, self.PROTO_MESSAGE)()
+            proto.ParseFromString(state["proto"])
+            state = {**state, "proto": proto}
+        self.__dict__.update(state)
+
+
 def member_kind(name: str) -> Optional[str]:
     """The kind of a member by its name (as model loading uses them), or None if never read."""
     base = name.rsplit("/", 1)[-1]

@@ -18,7 +18,14 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import InfluenceError, excerpt_path
-from .archive import PARAMETERS, NnpArchive, check_variable_shapes, member_kind, parameters_of
+from .archive import (
+    PARAMETERS,
+    NnpArchive,
+    PicklesProtoAsBytes,
+    check_variable_shapes,
+    member_kind,
+    parameters_of,
+)
 from .compat import skip_missing_extension_lookup
 from .solvers import SolverSpec, read_solver_spec
 
@@ -52,7 +59,7 @@ class Layer:
 
 
 @dataclass
-class NnpModel:
+class NnpModel(PicklesProtoAsBytes):
     """Everything training and the retrace need from a ``.nnp``, as plain data."""
 
     path: Path
@@ -67,22 +74,6 @@ class NnpModel:
     layers: List[Layer]  # functions of the training network
     normalize_images: bool  # divide pixels by 255
     proto: object = field(repr=False, default=None)  # nnabla_pb2.NNablaProtoBuf
-
-    def __getstate__(self) -> dict:
-        # The protobuf message as bytes: its generated class cannot be pickled by reference
-        # (worker processes and MPI ranks get models pickled).
-        state = dict(self.__dict__)
-        state["proto"] = None if self.proto is None else self.proto.SerializeToString()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        if state.get("proto") is not None:
-            from nnabla.utils import nnabla_pb2
-
-            proto = nnabla_pb2.NNablaProtoBuf()
-            proto.ParseFromString(state["proto"])
-            state = {**state, "proto": proto}
-        self.__dict__.update(state)
 
     def network(self, name: str):
         """The ``network`` message called ``name`` (nnabla_pb2.Network)."""

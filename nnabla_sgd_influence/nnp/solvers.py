@@ -46,6 +46,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import InfluenceError
+from .archive import PicklesProtoAsBytes
 from .compat import solver_parameters, solver_unavailable_message
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,10 @@ SolverState = Dict[str, List[np.ndarray]]  # state name -> one array per trainab
 
 
 @dataclass
-class SolverSpec:
+class SolverSpec(PicklesProtoAsBytes):
     """The optimizer's solver as written in the ``.nnp``."""
+
+    PROTO_MESSAGE = "Solver"
 
     type: str
     hyper_parameters: Dict[str, float]
@@ -65,20 +68,6 @@ class SolverSpec:
     state: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     # Iteration at which the saved training stopped; retraining continues the schedule there.
     start_iteration: int = 0
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)  # the Solver message as bytes (see NnpModel.__getstate__)
-        state["proto"] = None if self.proto is None else self.proto.SerializeToString()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        if state.get("proto") is not None:
-            from nnabla.utils import nnabla_pb2
-
-            proto = nnabla_pb2.Solver()
-            proto.ParseFromString(state["proto"])
-            state = {**state, "proto": proto}
-        self.__dict__.update(state)
 
 
 @dataclass
